@@ -1,0 +1,17 @@
+//! The microsandbox engine.
+//!
+//! `msb-core` holds everything below the public facade: the libkrun bindings'
+//! safe layer ([`krun`]), the host probe that decides whether microVMs can run
+//! here ([`kvm`]), and (as they land) OCI image handling, rootfs assembly, the
+//! sandbox process and the guest agent.
+//!
+//! Users depend on the `microsandbox` crate; this crate's API is shared by the
+//! project's own crates and may change between minor versions.
+
+pub mod error;
+pub mod image;
+pub mod krun;
+pub mod kvm;
+pub mod paths;
+
+pub use error::{Error, Result};
