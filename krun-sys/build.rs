@@ -8,25 +8,74 @@
 //!
 //! Nothing is downloaded here: when none of these has libkrun the build fails
 //! with a message saying how to get it.
+//!
+//! Metadata for dependent build scripts (`links = "krun"`):
+//! `DEP_KRUN_ROOT` (the prefix), `DEP_KRUN_LIB_DIR` (the directory holding
+//! libkrun) and `DEP_KRUN_INCLUDE` (the directory holding `libkrun.h`).
 
 use std::env;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// File names that make a directory count as holding libkrun.
 const LIB_NAMES: &[&str] = &["libkrun.so", "libkrun.so.1", "libkrun.dylib"];
 
+/// Libraries linked into `OUT_DIR/lib` so that `cargo test` / `cargo run`
+/// find them at run time (libkrunfw is what libkrun `dlopen`s).
+const RUNTIME_NAMES: &[&str] = &["libkrun.so", "libkrun.so.1", "libkrunfw.so.5"];
+
 fn has_libkrun(dir: &Path) -> Option<PathBuf> {
     LIB_NAMES.iter().map(|n| dir.join(n)).find(|p| p.exists())
 }
 
-fn emit(dir: &Path) {
+/// Cargo puts only the link-search paths under `target/<profile>/` on the
+/// loader path of `cargo test` / `cargo run` (for this crate and every crate
+/// that depends on it). Symlink the libraries into `OUT_DIR/lib`, which is
+/// under there, and return that directory.
+#[cfg(unix)]
+fn stage_for_loader(dir: &Path) -> Option<PathBuf> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR")?);
+    let stage = out_dir.join("lib");
+    let _ = fs::remove_dir_all(&stage);
+    fs::create_dir_all(&stage).ok()?;
+    let mut staged = false;
+    for name in RUNTIME_NAMES {
+        let Ok(target) = dir.join(name).canonicalize() else {
+            continue;
+        };
+        if std::os::unix::fs::symlink(&target, stage.join(name)).is_ok() {
+            staged = true;
+        }
+    }
+    staged.then_some(stage)
+}
+
+#[cfg(not(unix))]
+fn stage_for_loader(_dir: &Path) -> Option<PathBuf> {
+    None
+}
+
+fn emit(dir: &Path, manifest_dir: &Path) {
     println!("cargo:rustc-link-search=native={}", dir.display());
     println!("cargo:rustc-link-lib=dylib=krun");
-    println!("cargo:lib_dir={}", dir.display());
-    // Cargo only puts link-search paths under target/<profile> on the loader
-    // path, so give this crate's own test binaries an rpath to the library.
-    // Dependents get the directory as DEP_KRUN_LIB_DIR and do the same.
+    if let Some(lib) = has_libkrun(dir) {
+        println!("cargo:rerun-if-changed={}", lib.display());
+    }
+    if let Some(stage) = stage_for_loader(dir) {
+        println!("cargo:rustc-link-search=native={}", stage.display());
+    }
+    // Binaries outside cargo need the library on their own loader path;
+    // this crate's test binaries get an rpath to it as well.
     println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{}", dir.display());
+
+    let root = if dir.file_name().is_some_and(|n| n == "lib") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    println!("cargo:root={}", root.display());
+    println!("cargo:lib_dir={}", dir.display());
+    println!("cargo:include={}", manifest_dir.join("include").display());
 }
 
 fn main() {
@@ -38,9 +87,16 @@ fn main() {
         env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo"),
     );
     let prefix_lib = manifest_dir.join("../target/msb/prefix/lib");
-    // Rebuild when `cargo xtask setup` (re)installs the library.
+    // Rebuild when `cargo xtask setup` (re)installs the library. Only watch
+    // paths that exist: cargo reruns the script on every build otherwise.
+    if prefix_lib.is_dir() {
+        println!("cargo:rerun-if-changed={}", prefix_lib.display());
+    }
     for name in LIB_NAMES {
-        println!("cargo:rerun-if-changed={}", prefix_lib.join(name).display());
+        let path = prefix_lib.join(name);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
 
     // 1. LIBKRUN_DIR
@@ -53,7 +109,7 @@ fn main() {
                 dir.display()
             );
         }
-        emit(&dir);
+        emit(&dir, &manifest_dir);
         return;
     }
 
@@ -76,7 +132,7 @@ fn main() {
                     .filter(|d| has_libkrun(d).is_some())
             });
         if let Some(dir) = dir {
-            emit(&dir);
+            emit(&dir, &manifest_dir);
             return;
         }
         println!(
@@ -89,7 +145,7 @@ fn main() {
     // 3. The prefix maintained by `cargo xtask setup`.
     if has_libkrun(&prefix_lib).is_some() {
         let dir = prefix_lib.canonicalize().unwrap_or(prefix_lib);
-        emit(&dir);
+        emit(&dir, &manifest_dir);
         return;
     }
 

@@ -24,8 +24,14 @@
 //!    `<workspace>/target/msb/prefix/lib`.
 //!
 //! If none has it, the build fails and says to run `cargo xtask setup` or
-//! set `LIBKRUN_DIR`. The directory used is published to dependent build
-//! scripts as `DEP_KRUN_LIB_DIR`.
+//! set `LIBKRUN_DIR`. Nothing is downloaded by the build.
+//!
+//! Dependent build scripts get `DEP_KRUN_LIB_DIR` (the directory used),
+//! `DEP_KRUN_ROOT` (its prefix) and `DEP_KRUN_INCLUDE` (the directory holding
+//! `libkrun.h`). At run time the library (`libkrun.so.1`, which `dlopen`s
+//! `libkrunfw.so.5`) must be on the loader path: `cargo test` and `cargo run`
+//! arrange that for this crate and every crate that depends on it; other
+//! binaries need an rpath to `DEP_KRUN_LIB_DIR` or `LD_LIBRARY_PATH`.
 //!
 //! # Example
 //!

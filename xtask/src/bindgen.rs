@@ -138,7 +138,49 @@ fn generate(header: &Path) -> Result<String, String> {
             "bindgen output does not start with the expected header line {GENERATED_HEADER:?}"
         ));
     }
+    // bindgen carries on with unformatted code when rustfmt fails to run;
+    // make that an error, since the result would never match the checked-in
+    // (formatted) file.
+    ensure_formatted(&text)?;
     Ok(text)
+}
+
+/// Checks with `rustfmt --check` that `code` is formatted as `cargo fmt` would.
+fn ensure_formatted(code: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let rustfmt = std::env::var_os("RUSTFMT").unwrap_or_else(|| "rustfmt".into());
+    let mut child = Command::new(&rustfmt)
+        .args(["--check", "--edition", "2024"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run rustfmt ({e}): install it with `rustup component add rustfmt`")
+        })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let written = stdin.write_all(code.as_bytes());
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("rustfmt failed: {e}"))?;
+    written.map_err(|e| format!("cannot write to rustfmt: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the generated bindings are not rustfmt-formatted (did rustfmt fail to run? \
+             `rustup component add rustfmt`): rustfmt --check exited with {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .take(5)
+                .map(|l| format!("\n  {l}"))
+                .collect::<String>()
+        ))
+    }
 }
 
 /// Checks that the functions declared in the generated bindings are exactly
