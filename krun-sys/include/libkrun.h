@@ -445,7 +445,7 @@ int32_t krun_set_workdir(uint32_t ctx_id, const char *workdir_path);
 
 /**
  * Sets the program the guest runs, its NULL-terminated `argv` (without
- * argv[0]) and `envp` ("KEY=VALUE"; NULL: inherit the host environment).
+ * `argv[0]`) and `envp` ("KEY=VALUE"; NULL: inherit the host environment).
  * Returns 0 or a negative errno.
  */
 int32_t krun_set_exec(uint32_t ctx_id, const char *exec_path, const char *const *argv,

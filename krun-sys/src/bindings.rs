@@ -244,7 +244,7 @@ unsafe extern "C" {
     pub fn krun_set_rlimits(ctx_id: u32, rlimits: *const *const ::core::ffi::c_char) -> i32;
     #[doc = " Sets the working directory of the guest's first process.\n Returns 0 or a negative errno."]
     pub fn krun_set_workdir(ctx_id: u32, workdir_path: *const ::core::ffi::c_char) -> i32;
-    #[doc = " Sets the program the guest runs, its NULL-terminated `argv` (without\n argv[0]) and `envp` (\"KEY=VALUE\"; NULL: inherit the host environment).\n Returns 0 or a negative errno."]
+    #[doc = " Sets the program the guest runs, its NULL-terminated `argv` (without\n `argv[0]`) and `envp` (\"KEY=VALUE\"; NULL: inherit the host environment).\n Returns 0 or a negative errno."]
     pub fn krun_set_exec(
         ctx_id: u32,
         exec_path: *const ::core::ffi::c_char,
