@@ -72,17 +72,17 @@ pub struct VirtiofsOptions {
 #[repr(u32)]
 pub enum KernelFormat {
     /// An uncompressed kernel image.
-    Raw = 0,
+    Raw = krun_sys::KRUN_KERNEL_FORMAT_RAW,
     /// An ELF kernel (`vmlinux`).
-    Elf = 1,
+    Elf = krun_sys::KRUN_KERNEL_FORMAT_ELF,
     /// A gzip-compressed PE image.
-    PeGz = 2,
+    PeGz = krun_sys::KRUN_KERNEL_FORMAT_PE_GZ,
     /// A bzip2-compressed `Image`.
-    ImageBz2 = 3,
+    ImageBz2 = krun_sys::KRUN_KERNEL_FORMAT_IMAGE_BZ2,
     /// A gzip-compressed `Image`.
-    ImageGz = 4,
+    ImageGz = krun_sys::KRUN_KERNEL_FORMAT_IMAGE_GZ,
     /// A zstd-compressed `Image`.
-    ImageZstd = 5,
+    ImageZstd = krun_sys::KRUN_KERNEL_FORMAT_IMAGE_ZSTD,
 }
 
 /// A libkrun configuration context: the description of one microVM.

@@ -62,45 +62,45 @@ use ffi::{check, check_value};
 #[repr(u32)]
 pub enum LogLevel {
     /// No logging.
-    Off = 0,
+    Off = krun_sys::KRUN_LOG_LEVEL_OFF,
     /// Errors only.
-    Error = 1,
+    Error = krun_sys::KRUN_LOG_LEVEL_ERROR,
     /// Warnings and errors.
-    Warn = 2,
+    Warn = krun_sys::KRUN_LOG_LEVEL_WARN,
     /// Informational messages and above.
-    Info = 3,
+    Info = krun_sys::KRUN_LOG_LEVEL_INFO,
     /// Debug messages and above.
-    Debug = 4,
+    Debug = krun_sys::KRUN_LOG_LEVEL_DEBUG,
     /// Everything.
-    Trace = 5,
+    Trace = krun_sys::KRUN_LOG_LEVEL_TRACE,
 }
 
 /// Feature numbers for [`has_feature`] (libkrun's `KRUN_FEATURE_*`).
 pub mod feature {
     /// virtio-net.
-    pub const NET: u64 = 0;
+    pub const NET: u64 = krun_sys::KRUN_FEATURE_NET;
     /// virtio-blk.
-    pub const BLK: u64 = 1;
+    pub const BLK: u64 = krun_sys::KRUN_FEATURE_BLK;
     /// virtio-gpu.
-    pub const GPU: u64 = 2;
+    pub const GPU: u64 = krun_sys::KRUN_FEATURE_GPU;
     /// virtio-snd.
-    pub const SND: u64 = 3;
+    pub const SND: u64 = krun_sys::KRUN_FEATURE_SND;
     /// virtio-input.
-    pub const INPUT: u64 = 4;
+    pub const INPUT: u64 = krun_sys::KRUN_FEATURE_INPUT;
     /// EFI boot.
-    pub const EFI: u64 = 5;
+    pub const EFI: u64 = krun_sys::KRUN_FEATURE_EFI;
     /// Confidential-computing (TEE) build.
-    pub const TEE: u64 = 6;
+    pub const TEE: u64 = krun_sys::KRUN_FEATURE_TEE;
     /// AMD SEV.
-    pub const AMD_SEV: u64 = 7;
+    pub const AMD_SEV: u64 = krun_sys::KRUN_FEATURE_AMD_SEV;
     /// Intel TDX.
-    pub const INTEL_TDX: u64 = 8;
+    pub const INTEL_TDX: u64 = krun_sys::KRUN_FEATURE_INTEL_TDX;
     /// AWS Nitro enclaves.
-    pub const AWS_NITRO: u64 = 9;
+    pub const AWS_NITRO: u64 = krun_sys::KRUN_FEATURE_AWS_NITRO;
     /// virgl resource map v2.
-    pub const VIRGL_RESOURCE_MAP2: u64 = 10;
+    pub const VIRGL_RESOURCE_MAP2: u64 = krun_sys::KRUN_FEATURE_VIRGL_RESOURCE_MAP2;
     /// The built-in init injected into the root filesystem.
-    pub const INIT_BLOB: u64 = 11;
+    pub const INIT_BLOB: u64 = krun_sys::KRUN_FEATURE_INIT_BLOB;
 }
 
 /// Sets libkrun's log level (`krun_set_log_level`); its logger writes to
