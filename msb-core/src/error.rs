@@ -36,6 +36,159 @@ pub enum Error {
         /// What is wrong with it.
         reason: crate::image::DigestErrorKind,
     },
+    /// A layer entry at `path` was refused because applying it could reach
+    /// outside the root it is unpacked into.
+    #[error("unsafe layer entry {path}: {reason}")]
+    UnsafeLayerEntry {
+        /// The entry's name as written in the layer.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: crate::image::unpack::UnsafeEntryReason,
+    },
+    /// A layer is not a readable tar stream (corrupt or truncated tar, gzip or
+    /// zstd data).
+    #[error("malformed layer{}: {reason}", entry.as_ref().map(|e| format!(" at entry {}", e.display())).unwrap_or_default())]
+    LayerFormat {
+        /// The entry being read when the problem was found, if any.
+        entry: Option<PathBuf>,
+        /// What is wrong.
+        reason: crate::image::unpack::LayerFormatErrorKind,
+        /// The decoder's error, if one was reported.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The registry `registry` answered with an unexpected HTTP `status`.
+    #[error("registry {registry}: HTTP {status}: {message}")]
+    Registry {
+        /// The registry host (as configured, before mirror mapping).
+        registry: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The registry's error message (from its JSON error body), or the
+        /// status' reason phrase.
+        message: String,
+    },
+    /// The registry refused access to `repository`, even after authenticating
+    /// with whatever credentials were available.
+    #[error("registry {registry}: unauthorized for repository {repository}")]
+    Unauthorized {
+        /// The registry host.
+        registry: String,
+        /// The repository path, e.g. `library/alpine`.
+        repository: String,
+    },
+    /// The registry has no manifest for `reference`.
+    #[error("manifest unknown: {reference}")]
+    ManifestUnknown {
+        /// The image reference (or `repository@digest`) that was asked for.
+        reference: String,
+    },
+    /// The image index for `reference` has no image for the wanted platform.
+    #[error("no image for platform {wanted} in {reference} (available: {})", available.join(", "))]
+    NoMatchingPlatform {
+        /// The image reference.
+        reference: String,
+        /// The platform that was asked for, e.g. `linux/amd64`.
+        wanted: String,
+        /// The platforms the index offers.
+        available: Vec<String>,
+    },
+    /// A manifest or blob has a media type this engine does not handle.
+    #[error("unsupported media type {media_type:?}")]
+    UnsupportedMediaType {
+        /// The media type as the registry sent it.
+        media_type: String,
+    },
+    /// An HTTP request to `url` failed below the HTTP status level
+    /// (connection, TLS, a broken body).
+    #[error("HTTP request to {url} failed: {source}")]
+    Http {
+        /// The URL requested.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Content did not hash to the digest it was asked for by.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: crate::image::Digest,
+        /// The digest of the bytes received.
+        actual: crate::image::Digest,
+    },
+    /// A blob ended before its expected size, and retries were exhausted.
+    #[error("blob {digest} truncated: expected {expected} bytes, got {got}")]
+    BlobTruncated {
+        /// The blob's digest.
+        digest: crate::image::Digest,
+        /// The size it should have.
+        expected: u64,
+        /// How many bytes arrived.
+        got: u64,
+    },
+    /// A blob (or manifest) was larger than its expected or allowed size;
+    /// reading stopped at `limit` bytes.
+    #[error("{what} exceeds its size limit of {limit} bytes")]
+    TooLarge {
+        /// What was being read, e.g. `blob sha256:…` or `manifest alpine:3`.
+        what: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A manifest or index from the registry is not valid JSON of its type.
+    #[error("invalid manifest for {reference}: {reason}")]
+    InvalidManifest {
+        /// The image reference it was fetched for.
+        reference: String,
+        /// What is wrong (the JSON parser's message).
+        reason: String,
+    },
+    /// A registry configuration (microsandbox `config.json`, a Docker
+    /// `config.json`, an environment variable, a CA file) is invalid.
+    #[error("invalid registry configuration in {origin}: {reason}")]
+    InvalidRegistryConfig {
+        /// Where it came from: a file path or an environment variable name.
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `platform` is not of the form `os/arch[/variant]`.
+    #[error("invalid platform {platform:?}: expected os/arch[/variant]")]
+    InvalidPlatform {
+        /// The text that was parsed.
+        platform: String,
+    },
+    /// No image is stored under `reference`.
+    #[error("image not found: {reference}")]
+    ImageNotFound {
+        /// The (normalized) reference looked up.
+        reference: crate::image::Reference,
+    },
+    /// Content written to the image store did not have its expected size.
+    #[error("blob {digest}: expected {expected} bytes, got {actual}")]
+    BlobSizeMismatch {
+        /// The blob's digest.
+        digest: crate::image::Digest,
+        /// The size it was expected to have.
+        expected: u64,
+        /// The size written (or, for a write past the end, attempted).
+        actual: u64,
+    },
+    /// The image store is damaged at `path`.
+    #[error("corrupt image store at {path}: {reason}")]
+    CorruptStore {
+        /// The file or directory found damaged.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: crate::image::store::CorruptionKind,
+    },
+    /// `value` is not a pull policy (`if-missing`, `always`, `never`).
+    #[error("invalid pull policy {value:?}: expected if-missing, always or never")]
+    InvalidPullPolicy {
+        /// The text that was parsed.
+        value: String,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

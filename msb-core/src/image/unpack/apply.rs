@@ -1,0 +1,617 @@
+//! Applying one layer's tar stream, entry by entry.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{
+    FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, fstatat, futimens, makedev,
+    mkdirat, mknodat, utimensat,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
+use tar::EntryType;
+
+use super::resolve::{
+    DIR_FLAGS, Resolver, is_dir, is_symlink, join, path_of, split_name, unsafe_entry,
+};
+use super::sys::{fsetxattr, lsetxattr_at, os};
+use super::whiteout::{Added, OPAQUE, PREFIX, clean_except_added, remove_all_at};
+use super::{
+    LayerFormatErrorKind, LayerStats, UnpackOptions, UnsafeEntryReason, format_error, read_error,
+};
+use crate::error::{Error, Result};
+
+/// Size of the buffer file contents are copied through.
+const COPY_BUF: usize = 256 * 1024;
+
+/// Apply the tar stream `reader` onto `root`.
+pub(crate) fn apply_tar<R: Read>(
+    root: &Path,
+    reader: R,
+    opts: &UnpackOptions,
+) -> Result<LayerStats> {
+    let mut applier = Applier {
+        resolver: Resolver::open(root)?,
+        opts,
+        stats: LayerStats::default(),
+        added: Added::default(),
+        deferred: Vec::new(),
+        buf: vec![0; COPY_BUF],
+        privileged: nix::unistd::geteuid().is_root(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| read_error(None, e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| read_error(None, e))?;
+        applier.entry(&mut entry)?;
+    }
+    // Read what follows the end-of-archive marker, so that the decoder checks
+    // the whole stream (gzip's CRC and length trailer, zstd's frame end).
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| read_error(None, e))?;
+    applier.finish()?;
+    Ok(applier.stats)
+}
+
+/// An entry's metadata, PAX overrides applied.
+#[derive(Debug)]
+struct Meta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: TimeSpec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Directory metadata applied after every entry of the layer.
+#[derive(Debug)]
+struct Deferred {
+    comps: Vec<Vec<u8>>,
+    /// A mode that would stop an unprivileged caller from writing in the
+    /// directory, applied last.
+    mode: Option<u32>,
+    mtime: TimeSpec,
+}
+
+/// One layer being applied.
+struct Applier<'a> {
+    resolver: Resolver,
+    opts: &'a UnpackOptions,
+    stats: LayerStats,
+    added: Added,
+    deferred: Vec<Deferred>,
+    buf: Vec<u8>,
+    privileged: bool,
+}
+
+/// Where to set extended attributes.
+#[derive(Clone, Copy)]
+enum Target<'f> {
+    /// An open file or directory.
+    Fd(BorrowedFd<'f>),
+    /// An entry of an open directory, not followed if a symlink.
+    At(BorrowedFd<'f>, &'f [u8]),
+}
+
+impl Applier<'_> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        self.stats.entries += 1;
+        let raw = entry.path_bytes().into_owned();
+        let name = PathBuf::from(OsString::from_vec(raw.clone()));
+        let comps = split_name(&raw).map_err(|reason| unsafe_entry(&name, reason))?;
+        let kind = entry.header().entry_type();
+
+        if let Some((leaf, dirs)) = comps.split_last() {
+            if let Some(rest) = leaf.strip_prefix(PREFIX) {
+                return self.whiteout(dirs, leaf, rest, &name);
+            }
+        }
+        let meta = self.meta(entry, &name)?;
+        match kind {
+            EntryType::Directory => self.directory(&comps, &meta, &name)?,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.file(entry, &comps, &meta, &name)?
+            }
+            EntryType::Symlink => {
+                let target = link_target(entry, &name)?;
+                self.symlink(&comps, &target, &meta, &name)?
+            }
+            EntryType::Link => {
+                let target = link_target(entry, &name)?;
+                self.hardlink(&comps, &target, &name)?
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.device(entry, kind, &comps, &meta, &name)?
+            }
+            EntryType::XGlobalHeader => {}
+            other => {
+                tracing::warn!(entry = %name.display(), kind = ?other, "skipping layer entry of unsupported type");
+                self.stats.skipped_other += 1;
+                return Ok(());
+            }
+        }
+        if kind != EntryType::XGlobalHeader {
+            self.added.record(&comps);
+        }
+        Ok(())
+    }
+
+    /// The entry's metadata.
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, name: &Path) -> Result<Meta> {
+        let corrupt = |e| read_error(Some(name.to_owned()), e);
+        let header = entry.header();
+        // Like Go's archive/tar, an empty numeric field (all NULs or spaces) is 0.
+        let old = header.as_old();
+        let mut meta = Meta {
+            mode: numeric(&old.mode, header.mode().map(u64::from)).map_err(corrupt)? as u32,
+            uid: numeric(&old.uid, header.uid()).map_err(corrupt)?,
+            gid: numeric(&old.gid, header.gid()).map_err(corrupt)?,
+            mtime: TimeSpec::new(
+                numeric(&old.mtime, header.mtime()).map_err(corrupt)? as i64,
+                0,
+            ),
+            xattrs: Vec::new(),
+        };
+        if let Some(pax) = entry.pax_extensions().map_err(corrupt)? {
+            for ext in pax {
+                let ext = ext.map_err(corrupt)?;
+                let key = ext.key_bytes();
+                let value = ext.value_bytes();
+                if let Some(xattr) = key.strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs.push((xattr.to_vec(), value.to_vec()));
+                } else if key == b"uid" {
+                    meta.uid = parse_u64(value).ok_or_else(|| bad_pax(name))?;
+                } else if key == b"gid" {
+                    meta.gid = parse_u64(value).ok_or_else(|| bad_pax(name))?;
+                } else if key == b"mtime" {
+                    meta.mtime = parse_time(value).ok_or_else(|| bad_pax(name))?;
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    fn io(&self, entry: &Path, op: &'static str, e: impl Into<io::Error>) -> Error {
+        self.resolver.io(entry, op, e)
+    }
+
+    /// The parent directory of `comps`'s last component, created if missing.
+    fn parent(&mut self, dirs: &[&[u8]], name: &Path) -> Result<OwnedFd> {
+        Ok(self
+            .resolver
+            .dir(dirs, true, name)?
+            .expect("missing directories are created"))
+    }
+
+    /// Make way for a new entry `leaf` in `parent`: remove what is there
+    /// unless it is a directory and `keep_dir`. Returns whether a directory
+    /// was kept.
+    fn clear(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        leaf: &[u8],
+        keep_dir: bool,
+        name: &Path,
+    ) -> Result<bool> {
+        let st = match fstatat(parent, os(leaf), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(self.io(name, "stat", e)),
+        };
+        if is_dir(st.st_mode) {
+            if keep_dir {
+                return Ok(true);
+            }
+            remove_all_at(parent, leaf).map_err(|e| self.io(name, "remove directory", e))?;
+            self.resolver.invalidate();
+        } else {
+            unlinkat(parent, os(leaf), UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| self.io(name, "remove", e))?;
+            if is_symlink(st.st_mode) {
+                self.resolver.invalidate();
+            }
+        }
+        Ok(false)
+    }
+
+    fn whiteout(&mut self, dirs: &[&[u8]], leaf: &[u8], rest: &[u8], name: &Path) -> Result<()> {
+        if leaf == OPAQUE {
+            let Some(dir) = self.resolver.dir(dirs, false, name)? else {
+                return Ok(());
+            };
+            clean_except_added(dir.as_fd(), &join(dirs), &self.added)
+                .map_err(|e| self.io(name, "clear opaque directory", e))?;
+            self.resolver.invalidate();
+            self.stats.opaque_dirs += 1;
+            return Ok(());
+        }
+        if rest.starts_with(PREFIX) {
+            // Other aufs metadata (`.wh..wh.plnk`, ...): nothing to apply.
+            self.stats.skipped_other += 1;
+            return Ok(());
+        }
+        if rest.is_empty() || rest == b"." || rest == b".." {
+            return Err(unsafe_entry(name, UnsafeEntryReason::InvalidWhiteout));
+        }
+        self.stats.whiteouts += 1;
+        let Some(parent) = self.resolver.dir(dirs, false, name)? else {
+            return Ok(());
+        };
+        let mut target = dirs.to_vec();
+        target.push(rest);
+        let key = join(&target);
+        if self.added.contains(&key) {
+            // Whiteouts only hide lower layers' entries, not this layer's.
+            return Ok(());
+        }
+        if self.added.has_descendants(&key) {
+            if let Ok(dir) = openat(
+                parent.as_fd(),
+                os(rest),
+                DIR_FLAGS,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                clean_except_added(dir.as_fd(), &key, &self.added)
+                    .map_err(|e| self.io(name, "apply whiteout", e))?;
+                self.resolver.invalidate();
+                return Ok(());
+            }
+        }
+        remove_all_at(parent.as_fd(), rest).map_err(|e| self.io(name, "apply whiteout", e))?;
+        self.resolver.invalidate();
+        Ok(())
+    }
+
+    fn directory(&mut self, comps: &[&[u8]], meta: &Meta, name: &Path) -> Result<()> {
+        self.stats.dirs += 1;
+        let fd = match comps.split_last() {
+            None => self
+                .resolver
+                .root()
+                .try_clone_to_owned()
+                .map_err(|e| self.io(name, "duplicate descriptor", e))?,
+            Some((leaf, dirs)) => {
+                let parent = self.parent(dirs, name)?;
+                if !self.clear(parent.as_fd(), leaf, true, name)? {
+                    mkdirat(parent.as_fd(), os(leaf), Mode::from_bits_truncate(0o700))
+                        .map_err(|e| self.io(name, "create directory", e))?;
+                }
+                openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty())
+                    .map_err(|e| self.io(name, "open directory", e))?
+            }
+        };
+        self.chown(Target::Fd(fd.as_fd()), meta, name)?;
+        let mode = meta.mode & 0o7777;
+        let defer_mode = !self.privileged && mode & 0o300 != 0o300;
+        let now = if defer_mode { mode | 0o700 } else { mode };
+        fchmod(&fd, Mode::from_bits_truncate(now)).map_err(|e| self.io(name, "chmod", e))?;
+        self.xattrs(Target::Fd(fd.as_fd()), meta);
+        self.deferred.push(Deferred {
+            comps: comps.iter().map(|c| c.to_vec()).collect(),
+            mode: defer_mode.then_some(mode),
+            mtime: meta.mtime,
+        });
+        Ok(())
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        comps: &[&[u8]],
+        meta: &Meta,
+        name: &Path,
+    ) -> Result<()> {
+        let Some((leaf, dirs)) = comps.split_last() else {
+            return Err(unsafe_entry(name, UnsafeEntryReason::ReplacesRoot));
+        };
+        let parent = self.parent(dirs, name)?;
+        self.clear(parent.as_fd(), leaf, false, name)?;
+        let fd = openat(
+            parent.as_fd(),
+            os(leaf),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| self.io(name, "create file", e))?;
+        let mut file = File::from(fd);
+        let size = entry.size();
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(Some(name.to_owned()), e)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(|e| self.io(name, "write file", e))?;
+            written += n as u64;
+        }
+        if written != size {
+            return Err(format_error(
+                Some(name.to_owned()),
+                LayerFormatErrorKind::Truncated,
+                None,
+            ));
+        }
+        self.stats.bytes += written;
+        self.stats.files += 1;
+        // chown clears setuid bits and file capabilities: chown, then chmod,
+        // then extended attributes.
+        self.chown(Target::Fd(file.as_fd()), meta, name)?;
+        fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))
+            .map_err(|e| self.io(name, "chmod", e))?;
+        self.xattrs(Target::Fd(file.as_fd()), meta);
+        futimens(&file, &meta.mtime, &meta.mtime).map_err(|e| self.io(name, "set times", e))?;
+        Ok(())
+    }
+
+    fn symlink(&mut self, comps: &[&[u8]], target: &[u8], meta: &Meta, name: &Path) -> Result<()> {
+        let Some((leaf, dirs)) = comps.split_last() else {
+            return Err(unsafe_entry(name, UnsafeEntryReason::ReplacesRoot));
+        };
+        let parent = self.parent(dirs, name)?;
+        self.clear(parent.as_fd(), leaf, false, name)?;
+        symlinkat(os(target), parent.as_fd(), os(leaf))
+            .map_err(|e| self.io(name, "create symlink", e))?;
+        self.stats.symlinks += 1;
+        let at = Target::At(parent.as_fd(), leaf);
+        self.chown(at, meta, name)?;
+        self.xattrs(at, meta);
+        utimensat(
+            parent.as_fd(),
+            os(leaf),
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| self.io(name, "set times", e))?;
+        Ok(())
+    }
+
+    fn hardlink(&mut self, comps: &[&[u8]], target: &[u8], name: &Path) -> Result<()> {
+        let Some((leaf, dirs)) = comps.split_last() else {
+            return Err(unsafe_entry(name, UnsafeEntryReason::ReplacesRoot));
+        };
+        let target_path = path_of(target);
+        let escape = || {
+            unsafe_entry(
+                name,
+                UnsafeEntryReason::HardLinkEscape {
+                    target: target_path.clone(),
+                },
+            )
+        };
+        let missing = || {
+            unsafe_entry(
+                name,
+                UnsafeEntryReason::HardLinkTargetMissing {
+                    target: target_path.clone(),
+                },
+            )
+        };
+        let tcomps = split_name(target).map_err(|_| escape())?;
+        let Some((tleaf, tdirs)) = tcomps.split_last() else {
+            return Err(escape());
+        };
+        let Some(tparent) = self.resolver.dir(tdirs, false, name)? else {
+            return Err(missing());
+        };
+        let tst = match fstatat(tparent.as_fd(), os(tleaf), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Err(missing()),
+            Err(e) => return Err(self.io(name, "stat hard link target", e)),
+        };
+        let parent = self.parent(dirs, name)?;
+        if let Ok(st) = fstatat(parent.as_fd(), os(leaf), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino) {
+                self.stats.hardlinks += 1;
+                return Ok(());
+            }
+        }
+        self.clear(parent.as_fd(), leaf, false, name)?;
+        linkat(
+            tparent.as_fd(),
+            os(tleaf),
+            parent.as_fd(),
+            os(leaf),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io(name, "create hard link", e))?;
+        self.stats.hardlinks += 1;
+        Ok(())
+    }
+
+    fn device<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        kind: EntryType,
+        comps: &[&[u8]],
+        meta: &Meta,
+        name: &Path,
+    ) -> Result<()> {
+        let Some((leaf, dirs)) = comps.split_last() else {
+            return Err(unsafe_entry(name, UnsafeEntryReason::ReplacesRoot));
+        };
+        let (sflag, allowed) = match kind {
+            EntryType::Char => (SFlag::S_IFCHR, self.opts.allow_devices),
+            EntryType::Block => (SFlag::S_IFBLK, self.opts.allow_devices),
+            _ => (SFlag::S_IFIFO, self.opts.allow_fifos),
+        };
+        if !allowed {
+            tracing::warn!(entry = %name.display(), kind = ?kind, "skipping device entry (not permitted)");
+            self.stats.skipped_devices += 1;
+            return Ok(());
+        }
+        let corrupt = |e| read_error(Some(name.to_owned()), e);
+        let header = entry.header();
+        let major = header.device_major().map_err(corrupt)?.unwrap_or(0);
+        let minor = header.device_minor().map_err(corrupt)?.unwrap_or(0);
+        let parent = self.parent(dirs, name)?;
+        self.clear(parent.as_fd(), leaf, false, name)?;
+        let perm = Mode::from_bits_truncate(meta.mode & 0o7777);
+        match mknodat(
+            parent.as_fd(),
+            os(leaf),
+            sflag,
+            perm,
+            makedev(major.into(), minor.into()),
+        ) {
+            Ok(()) => {}
+            Err(Errno::EPERM) if sflag != SFlag::S_IFIFO => {
+                tracing::warn!(entry = %name.display(), kind = ?kind, "skipping device entry (mknod not permitted)");
+                self.stats.skipped_devices += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(self.io(name, "create device node", e)),
+        }
+        self.stats.devices += 1;
+        let at = Target::At(parent.as_fd(), leaf);
+        self.chown(at, meta, name)?;
+        // The node was just created by us and is not a symlink.
+        fchmodat(parent.as_fd(), os(leaf), perm, FchmodatFlags::FollowSymlink)
+            .map_err(|e| self.io(name, "chmod", e))?;
+        self.xattrs(at, meta);
+        utimensat(
+            parent.as_fd(),
+            os(leaf),
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| self.io(name, "set times", e))?;
+        Ok(())
+    }
+
+    fn chown(&self, target: Target<'_>, meta: &Meta, name: &Path) -> Result<()> {
+        if !self.opts.preserve_ownership {
+            return Ok(());
+        }
+        let to_id = |v: u64| u32::try_from(v).map_err(|_| bad_pax(name));
+        let uid = Some(Uid::from_raw(to_id(meta.uid)?));
+        let gid = Some(Gid::from_raw(to_id(meta.gid)?));
+        match target {
+            Target::Fd(fd) => fchown(fd, uid, gid),
+            Target::At(dir, leaf) => {
+                fchownat(dir, os(leaf), uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+            }
+        }
+        .map_err(|e| self.io(name, "chown", e))
+    }
+
+    fn xattrs(&mut self, target: Target<'_>, meta: &Meta) {
+        if !self.opts.xattrs {
+            return;
+        }
+        for (key, value) in &meta.xattrs {
+            let result = match target {
+                Target::Fd(fd) => fsetxattr(fd, key, value),
+                Target::At(dir, leaf) => lsetxattr_at(dir, leaf, key, value),
+            };
+            match result {
+                Ok(()) => self.stats.xattrs_set += 1,
+                Err(e) => {
+                    tracing::debug!(xattr = %String::from_utf8_lossy(key), error = %e, "could not set extended attribute");
+                    self.stats.xattrs_failed += 1;
+                }
+            }
+        }
+    }
+
+    /// Apply directories' deferred modes and times, deepest first.
+    fn finish(&mut self) -> Result<()> {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        deferred.sort_by_key(|d| std::cmp::Reverse(d.comps.len()));
+        for d in deferred {
+            let comps: Vec<&[u8]> = d.comps.iter().map(Vec::as_slice).collect();
+            let name = path_of(&join(&comps));
+            let fd = match comps.split_last() {
+                None => self
+                    .resolver
+                    .root()
+                    .try_clone_to_owned()
+                    .map_err(|e| self.io(&name, "duplicate descriptor", e))?,
+                Some((leaf, dirs)) => {
+                    let Some(parent) = self.resolver.dir(dirs, false, &name)? else {
+                        continue;
+                    };
+                    match openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty()) {
+                        Ok(fd) => fd,
+                        // Removed or replaced later in the layer.
+                        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
+                        Err(e) => return Err(self.io(&name, "open directory", e)),
+                    }
+                }
+            };
+            if let Some(mode) = d.mode {
+                fchmod(&fd, Mode::from_bits_truncate(mode))
+                    .map_err(|e| self.io(&name, "chmod", e))?;
+            }
+            futimens(&fd, &d.mtime, &d.mtime).map_err(|e| self.io(&name, "set times", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Applier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("root", &self.resolver.root_path())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A link entry's target.
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &Path) -> Result<Vec<u8>> {
+    match entry.link_name_bytes() {
+        Some(t) if !t.is_empty() => Ok(t.into_owned()),
+        _ => Err(format_error(
+            Some(name.to_owned()),
+            LayerFormatErrorKind::MissingLinkTarget,
+            None,
+        )),
+    }
+}
+
+/// A malformed PAX record on `name`.
+fn bad_pax(name: &Path) -> Error {
+    format_error(Some(name.to_owned()), LayerFormatErrorKind::Corrupt, None)
+}
+
+/// A header's numeric field: `parsed`, or 0 when the raw field is empty.
+fn numeric(raw: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    if raw.iter().all(|&b| b == 0 || b == b' ') {
+        Ok(0)
+    } else {
+        parsed
+    }
+}
+
+fn parse_u64(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+/// A PAX time: decimal seconds with an optional fraction, possibly negative.
+fn parse_time(v: &[u8]) -> Option<TimeSpec> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let negative = whole.starts_with('-');
+    let secs: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let nanos: i64 = digits.parse().ok()?;
+    Some(if negative && nanos > 0 {
+        TimeSpec::new(secs - 1, 1_000_000_000 - nanos)
+    } else {
+        TimeSpec::new(secs, nanos)
+    })
+}

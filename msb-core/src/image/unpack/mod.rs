@@ -1,0 +1,366 @@
+//! Applying OCI image layers onto a root filesystem directory, safely against
+//! hostile tarballs.
+//!
+//! [`apply_layer`] streams one layer (a tar archive, optionally gzip or zstd
+//! compressed) onto a directory with the semantics of containerd and umoci:
+//! regular files, directories, symlinks, hard links, device nodes and fifos,
+//! modes (setuid/setgid/sticky included), ownership, modification times and
+//! `SCHILY.xattr.*` extended attributes; `.wh.<name>` whiteouts delete
+//! `<name>` from lower layers and `.wh..wh..opq` makes a directory opaque.
+//! Apply the layers of an image bottom-up, one call each, onto the same root.
+//!
+//! # Safety against hostile layers
+//!
+//! Nothing is ever written outside `root`, not even transiently. Every entry's
+//! parent directory is reached from an open descriptor of `root`, one
+//! component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)`, and the entry
+//! itself is created with `*at` system calls that never follow a final
+//! symlink. Symlinks met on the way (created by a lower layer or earlier in the
+//! same layer) are followed only when their target is relative and stays in
+//! the tree. Refused with [`Error::UnsafeLayerEntry`]:
+//!
+//! - names (and hard-link targets) with a `..` component; a leading `/` is
+//!   stripped, as containerd does, so absolute names are relative to `root`;
+//! - parents reached through a symlink with an absolute target or one whose
+//!   `..` components climb above `root`, and symlink loops;
+//! - hard links whose target is missing or outside the tree.
+//!
+//! A corrupt or truncated tar, gzip or zstd stream is [`Error::LayerFormat`].
+//!
+//! # Errors and cleanup
+//!
+//! On an error the layer is left partly applied: the caller owns cleanup.
+//! Unpack an image into a fresh temporary directory next to its final place
+//! and rename it into place only once every layer applied successfully.
+//!
+//! ```
+//! use msb_core::image::unpack::{apply_layer, Compression, UnpackOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut tar = tar::Builder::new(Vec::new());
+//! let mut header = tar::Header::new_gnu();
+//! header.set_size(5);
+//! header.set_mode(0o644);
+//! header.set_entry_type(tar::EntryType::Regular);
+//! tar.append_data(&mut header, "etc/hostname", &b"demo\n"[..])?;
+//! let layer = tar.into_inner()?;
+//!
+//! let stats = apply_layer(dir.path(), &layer[..], Compression::None, &UnpackOptions::default())?;
+//! assert_eq!(stats.entries, 1);
+//! assert_eq!(std::fs::read(dir.path().join("etc/hostname"))?, b"demo\n");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod apply;
+mod resolve;
+mod sys;
+#[cfg(test)]
+mod tests;
+mod whiteout;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Compression {
+    /// A plain tar stream.
+    None,
+    /// gzip (possibly several concatenated members).
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a layer media type implies, or `None` when the media
+    /// type is not a known layer type.
+    ///
+    /// ```
+    /// use msb_core::image::unpack::Compression;
+    /// assert_eq!(
+    ///     Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+    ///     Some(Compression::Zstd)
+    /// );
+    /// assert_eq!(
+    ///     Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+    ///     Some(Compression::Gzip)
+    /// );
+    /// assert_eq!(Compression::from_media_type("application/json"), None);
+    /// ```
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        // Parameters such as `; charset=` never appear on layers, but ignore them.
+        let media_type = media_type.split(';').next().unwrap_or("").trim();
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Self::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Self::Gzip),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The compression the first bytes of a blob show (gzip's `1f 8b`, zstd's
+    /// `28 b5 2f fd`), else [`Compression::None`].
+    ///
+    /// ```
+    /// use msb_core::image::unpack::Compression;
+    /// assert_eq!(Compression::from_magic(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+    /// assert_eq!(Compression::from_magic(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+    /// assert_eq!(Compression::from_magic(b"etc/"), Compression::None);
+    /// ```
+    pub fn from_magic(bytes: &[u8]) -> Self {
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// How [`apply_layer`] treats what needs privileges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnpackOptions {
+    /// Give entries the uid/gid the layer records (`lchown`). Default: when
+    /// running as root (euid 0). Otherwise everything belongs to the caller.
+    pub preserve_ownership: bool,
+    /// Create character and block devices. Default: when running as root.
+    /// When false, or when the kernel refuses (`EPERM`, e.g. in a user
+    /// namespace), device entries are skipped with a warning and counted in
+    /// [`LayerStats::skipped_devices`].
+    pub allow_devices: bool,
+    /// Create fifos (which needs no privilege). Default: true. Skipped fifos
+    /// count in [`LayerStats::skipped_devices`] too.
+    pub allow_fifos: bool,
+    /// Apply `SCHILY.xattr.*` extended attributes (best effort: failures are
+    /// counted in [`LayerStats::xattrs_failed`], never fatal). Default: true.
+    pub xattrs: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        let root = nix::unistd::geteuid().is_root();
+        Self {
+            preserve_ownership: root,
+            allow_devices: root,
+            allow_fifos: true,
+            xattrs: true,
+        }
+    }
+}
+
+impl UnpackOptions {
+    /// Set [`UnpackOptions::preserve_ownership`].
+    pub fn preserve_ownership(mut self, yes: bool) -> Self {
+        self.preserve_ownership = yes;
+        self
+    }
+
+    /// Set [`UnpackOptions::allow_devices`].
+    pub fn allow_devices(mut self, yes: bool) -> Self {
+        self.allow_devices = yes;
+        self
+    }
+
+    /// Set [`UnpackOptions::allow_fifos`].
+    pub fn allow_fifos(mut self, yes: bool) -> Self {
+        self.allow_fifos = yes;
+        self
+    }
+
+    /// Set [`UnpackOptions::xattrs`].
+    pub fn xattrs(mut self, yes: bool) -> Self {
+        self.xattrs = yes;
+        self
+    }
+}
+
+/// What [`apply_layer`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LayerStats {
+    /// Tar entries read (whiteouts and skipped entries included).
+    pub entries: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
+    /// Regular files created.
+    pub files: u64,
+    /// Directories created or updated.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Hard links created.
+    pub hardlinks: u64,
+    /// Device nodes and fifos created.
+    pub devices: u64,
+    /// Device nodes and fifos skipped (not permitted).
+    pub skipped_devices: u64,
+    /// Entries of other types (e.g. GNU volume labels) skipped.
+    pub skipped_other: u64,
+    /// `.wh.<name>` whiteouts applied.
+    pub whiteouts: u64,
+    /// `.wh..wh..opq` opaque markers applied.
+    pub opaque_dirs: u64,
+    /// Extended attributes set.
+    pub xattrs_set: u64,
+    /// Extended attributes that could not be set (e.g. `ENOTSUP`, `EPERM`).
+    pub xattrs_failed: u64,
+}
+
+/// Why a layer entry was refused ([`Error::UnsafeLayerEntry`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnsafeEntryReason {
+    /// The name has a `..` component.
+    ParentComponent,
+    /// The name has a NUL byte or is otherwise unusable.
+    InvalidName,
+    /// A non-directory entry names the root itself.
+    ReplacesRoot,
+    /// A whiteout names `.`, `..` or nothing.
+    InvalidWhiteout,
+    /// A parent component is a symlink (at `symlink`, relative to the root)
+    /// whose target is absolute.
+    AbsoluteSymlink {
+        /// Where the symlink is, relative to the root.
+        symlink: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// A parent component is a symlink whose target climbs above the root.
+    SymlinkEscape {
+        /// Where the symlink is, relative to the root.
+        symlink: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// Too many symlinks were followed resolving the name (a loop).
+    SymlinkLoop,
+    /// A hard link's target has a `..` component or resolves outside the tree.
+    HardLinkEscape {
+        /// The link target as written in the layer.
+        target: PathBuf,
+    },
+    /// A hard link's target does not exist in the tree.
+    HardLinkTargetMissing {
+        /// The link target as written in the layer.
+        target: PathBuf,
+    },
+}
+
+impl fmt::Display for UnsafeEntryReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ParentComponent => f.write_str("the name has a `..` component"),
+            Self::InvalidName => f.write_str("the name is not a usable path"),
+            Self::ReplacesRoot => f.write_str("a non-directory entry names the root"),
+            Self::InvalidWhiteout => f.write_str("the whiteout names no removable entry"),
+            Self::AbsoluteSymlink { symlink, target } => write!(
+                f,
+                "parent symlink {} has the absolute target {}",
+                symlink.display(),
+                target.display()
+            ),
+            Self::SymlinkEscape { symlink, target } => write!(
+                f,
+                "parent symlink {} -> {} leads outside the root",
+                symlink.display(),
+                target.display()
+            ),
+            Self::SymlinkLoop => f.write_str("too many levels of symbolic links"),
+            Self::HardLinkEscape { target } => {
+                write!(
+                    f,
+                    "hard link target {} is outside the root",
+                    target.display()
+                )
+            }
+            Self::HardLinkTargetMissing { target } => {
+                write!(f, "hard link target {} does not exist", target.display())
+            }
+        }
+    }
+}
+
+/// What is wrong with a malformed layer ([`Error::LayerFormat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LayerFormatErrorKind {
+    /// The stream ended early.
+    Truncated,
+    /// The tar, gzip or zstd data is invalid.
+    Corrupt,
+    /// A hard or symbolic link entry has no target.
+    MissingLinkTarget,
+}
+
+impl fmt::Display for LayerFormatErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Truncated => "the stream is truncated",
+            Self::Corrupt => "the stream is corrupt",
+            Self::MissingLinkTarget => "a link entry has no target",
+        })
+    }
+}
+
+/// Apply one layer, read from `reader` and compressed as `compression`, onto
+/// the directory `root`, streaming (the tar is never copied to disk).
+///
+/// Returns what was done. See the [module docs](self) for semantics, the
+/// safety guarantees and why the caller must unpack into a temporary
+/// directory: on error the layer is left partly applied.
+pub fn apply_layer(
+    root: &Path,
+    reader: impl Read,
+    compression: Compression,
+    opts: &UnpackOptions,
+) -> Result<LayerStats> {
+    match compression {
+        Compression::None => apply::apply_tar(root, reader, opts),
+        Compression::Gzip => {
+            apply::apply_tar(root, flate2::read::MultiGzDecoder::new(reader), opts)
+        }
+        Compression::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(reader)
+                .map_err(|e| format_error(None, LayerFormatErrorKind::Corrupt, Some(e)))?;
+            apply::apply_tar(root, decoder, opts)
+        }
+    }
+}
+
+/// An [`Error::LayerFormat`], classifying an I/O error from the decoder.
+pub(crate) fn format_error(
+    entry: Option<PathBuf>,
+    reason: LayerFormatErrorKind,
+    source: Option<std::io::Error>,
+) -> Error {
+    Error::LayerFormat {
+        entry,
+        reason,
+        source,
+    }
+}
+
+/// An [`Error::LayerFormat`] for a read error from the layer stream.
+pub(crate) fn read_error(entry: Option<PathBuf>, source: std::io::Error) -> Error {
+    let reason = if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        LayerFormatErrorKind::Truncated
+    } else {
+        LayerFormatErrorKind::Corrupt
+    };
+    format_error(entry, reason, Some(source))
+}

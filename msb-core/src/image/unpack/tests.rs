@@ -1,0 +1,504 @@
+//! Tests: real tar archives built in memory and applied to temp directories.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tar::{EntryType, Header};
+
+use super::*;
+
+/// A layer under construction.
+struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    fn new() -> Self {
+        Self(tar::Builder::new(Vec::new()))
+    }
+
+    /// An entry whose name and link name are written raw into an old-style
+    /// header, so that hostile names (`..`) get through.
+    fn raw(mut self, name: &str, kind: EntryType, link: &str, mode: u32, data: &[u8]) -> Self {
+        let mut h = Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+
+    fn file(self, name: &str, data: &[u8], mode: u32) -> Self {
+        self.raw(name, EntryType::Regular, "", mode, data)
+    }
+
+    fn dir(self, name: &str, mode: u32) -> Self {
+        self.raw(name, EntryType::Directory, "", mode, b"")
+    }
+
+    fn symlink(self, name: &str, target: &str) -> Self {
+        self.raw(name, EntryType::Symlink, target, 0o777, b"")
+    }
+
+    fn hardlink(self, name: &str, target: &str) -> Self {
+        self.raw(name, EntryType::Link, target, 0o644, b"")
+    }
+
+    fn with_mtime(
+        mut self,
+        name: &str,
+        kind: EntryType,
+        mode: u32,
+        mtime: u64,
+        data: &[u8],
+    ) -> Self {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        self.0.append_data(&mut h, name, data).unwrap();
+        self
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+fn opts() -> UnpackOptions {
+    UnpackOptions::default().preserve_ownership(false)
+}
+
+fn apply(root: &Path, layer: &[u8]) -> Result<LayerStats> {
+    apply_layer(root, layer, Compression::None, &opts())
+}
+
+/// A temp dir with `root` inside and a sentinel file next to it.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("root")).unwrap();
+        fs::write(dir.path().join("sentinel"), b"untouched").unwrap();
+        Self { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Nothing but `root` and the unchanged sentinel is outside the root.
+    fn assert_outside_untouched(&self) {
+        let mut names: Vec<_> = fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["root", "sentinel"]);
+        assert_eq!(
+            fs::read(self.dir.path().join("sentinel")).unwrap(),
+            b"untouched"
+        );
+    }
+}
+
+fn assert_unsafe(result: Result<LayerStats>, check: impl Fn(&UnsafeEntryReason) -> bool) {
+    match result {
+        Err(Error::UnsafeLayerEntry { reason, .. }) if check(&reason) => {}
+        other => panic!("expected an unsafe-entry error, got {other:?}"),
+    }
+}
+
+#[test]
+fn files_dirs_symlinks_hardlinks_modes_mtimes() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let layer = Layer::new()
+        .with_mtime("etc/", EntryType::Directory, 0o750, 1_234_567, b"")
+        .with_mtime("etc/motd", EntryType::Regular, 0o4755, 1_111_111, b"hello")
+        .symlink("etc/link", "motd")
+        .hardlink("etc/hard", "etc/motd")
+        .dir("usr/share/doc", 0o1777)
+        .file("/abs/file", b"x", 0o644)
+        .bytes();
+    let stats = apply(&root, &layer).unwrap();
+    assert_eq!(stats.entries, 6);
+    assert_eq!(stats.files, 2);
+    assert_eq!(stats.bytes, 6);
+    assert_eq!(stats.symlinks, 1);
+    assert_eq!(stats.hardlinks, 1);
+
+    let motd = fs::symlink_metadata(root.join("etc/motd")).unwrap();
+    assert_eq!(motd.permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(motd.mtime(), 1_111_111);
+    assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"hello");
+    assert_eq!(
+        fs::read_link(root.join("etc/link")).unwrap(),
+        Path::new("motd")
+    );
+    assert_eq!(
+        fs::symlink_metadata(root.join("etc/link")).unwrap().mtime(),
+        1_000_000
+    );
+    assert_eq!(
+        fs::metadata(root.join("etc/hard")).unwrap().ino(),
+        motd.ino()
+    );
+    let etc = fs::metadata(root.join("etc")).unwrap();
+    assert_eq!(etc.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(
+        etc.mtime(),
+        1_234_567,
+        "dir mtimes are applied after the entries"
+    );
+    let doc = fs::metadata(root.join("usr/share/doc")).unwrap();
+    assert_eq!(doc.permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(fs::read(root.join("abs/file")).unwrap(), b"x");
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn gzip_and_zstd_layers() {
+    let layer = Layer::new().file("a/b", b"compressed", 0o644).bytes();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&layer[..], 3).unwrap();
+    for (data, c) in [(gz, Compression::Gzip), (zst, Compression::Zstd)] {
+        assert_eq!(Compression::from_magic(&data), c);
+        let sb = Sandbox::new();
+        apply_layer(&sb.root(), &data[..], c, &opts()).unwrap();
+        assert_eq!(fs::read(sb.root().join("a/b")).unwrap(), b"compressed");
+    }
+}
+
+#[test]
+fn truncated_or_corrupt_streams_are_format_errors() {
+    let layer = Layer::new().file("big", &vec![7u8; 100_000], 0o644).bytes();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&layer[..], 3).unwrap();
+    let cases: Vec<(Vec<u8>, Compression)> = vec![
+        (gz[..gz.len() / 2].to_vec(), Compression::Gzip),
+        (gz[..gz.len() - 4].to_vec(), Compression::Gzip),
+        (zst[..zst.len() / 2].to_vec(), Compression::Zstd),
+        (layer[..50_000].to_vec(), Compression::None),
+        (b"\x1f\x8bnot gzip at all".to_vec(), Compression::Gzip),
+        (vec![0xff; 1024], Compression::None),
+    ];
+    for (i, (data, c)) in cases.into_iter().enumerate() {
+        let sb = Sandbox::new();
+        match apply_layer(&sb.root(), &data[..], c, &opts()) {
+            Err(Error::LayerFormat { .. }) => {}
+            other => panic!("case {i}: expected a format error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn whiteouts_remove_lower_files_and_dirs() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let lower = Layer::new()
+        .file("etc/gone", b"1", 0o644)
+        .file("etc/kept", b"1", 0o644)
+        .file("var/cache/x/y", b"1", 0o644)
+        .bytes();
+    apply(&root, &lower).unwrap();
+    let upper = Layer::new()
+        .file("etc/.wh.gone", b"", 0o644)
+        .file("var/cache/.wh.x", b"", 0o644)
+        .file("etc/.wh.never-existed", b"", 0o644)
+        .bytes();
+    let stats = apply(&root, &upper).unwrap();
+    assert_eq!(stats.whiteouts, 3);
+    assert!(!root.join("etc/gone").exists());
+    assert!(!root.join("etc/.wh.gone").exists());
+    assert!(root.join("etc/kept").exists());
+    assert!(!root.join("var/cache/x").exists());
+    assert!(root.join("var/cache").is_dir());
+}
+
+#[test]
+fn opaque_dir_keeps_same_layer_entries() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let lower = Layer::new()
+        .file("opt/old", b"1", 0o644)
+        .file("opt/sub/old", b"1", 0o644)
+        .file("opt/app/lower", b"1", 0o644)
+        .bytes();
+    apply(&root, &lower).unwrap();
+    // Same-layer additions both before and after the marker survive; lower
+    // contents (also inside a directory this layer re-declares) do not.
+    let upper = Layer::new()
+        .dir("opt/", 0o755)
+        .file("opt/new-before", b"2", 0o644)
+        .dir("opt/app/", 0o755)
+        .file("opt/.wh..wh..opq", b"", 0o644)
+        .file("opt/new-after", b"2", 0o644)
+        .bytes();
+    let stats = apply(&root, &upper).unwrap();
+    assert_eq!(stats.opaque_dirs, 1);
+    let mut names: Vec<_> = fs::read_dir(root.join("opt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app", "new-after", "new-before"]);
+    assert_eq!(fs::read_dir(root.join("opt/app")).unwrap().count(), 0);
+}
+
+#[test]
+fn replacing_entries_of_another_type() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let lower = Layer::new()
+        .file("d/inner", b"1", 0o644)
+        .file("f", b"1", 0o644)
+        .file("keep/lower", b"1", 0o644)
+        .symlink("s", "keep")
+        .bytes();
+    apply(&root, &lower).unwrap();
+    let upper = Layer::new()
+        .file("d", b"now a file", 0o600)
+        .dir("f", 0o700)
+        .dir("keep", 0o711)
+        .dir("s", 0o755)
+        .bytes();
+    apply(&root, &upper).unwrap();
+    assert_eq!(fs::read(root.join("d")).unwrap(), b"now a file");
+    assert!(root.join("f").is_dir());
+    assert!(
+        root.join("keep/lower").exists(),
+        "dir over dir keeps contents"
+    );
+    let keep = fs::metadata(root.join("keep")).unwrap();
+    assert_eq!(keep.permissions().mode() & 0o7777, 0o711);
+    assert!(fs::symlink_metadata(root.join("s")).unwrap().is_dir());
+    assert!(fs::read_dir(root.join("s")).unwrap().next().is_none());
+}
+
+#[test]
+fn relative_symlinks_inside_the_tree_are_followed() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let layer = Layer::new()
+        .dir("usr/lib", 0o755)
+        .symlink("lib", "usr/lib")
+        .symlink("usr/lib64", "../usr/./lib")
+        .file("lib/a", b"a", 0o644)
+        .file("usr/lib64/b", b"b", 0o644)
+        .bytes();
+    apply(&root, &layer).unwrap();
+    assert_eq!(fs::read(root.join("usr/lib/a")).unwrap(), b"a");
+    assert_eq!(fs::read(root.join("usr/lib/b")).unwrap(), b"b");
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn parent_components_are_refused() {
+    for name in ["../x", "a/../../x", "a/../x", "./../sentinel"] {
+        let sb = Sandbox::new();
+        let layer = Layer::new().file(name, b"pwned", 0o644).bytes();
+        assert_unsafe(apply(&sb.root(), &layer), |r| {
+            *r == UnsafeEntryReason::ParentComponent
+        });
+        sb.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn absolute_symlink_parent_is_refused() {
+    let sb = Sandbox::new();
+    // `evil -> /`, then a path through it to the sandbox dir: were the
+    // symlink followed, `pwned` would appear next to the root.
+    let outside = sb.dir.path().join("pwned");
+    let through = format!("evil{}", outside.display());
+    let layer = Layer::new()
+        .symlink("evil", "/")
+        .file(&through, b"pwned", 0o644)
+        .bytes();
+    assert_unsafe(apply(&sb.root(), &layer), |r| {
+        matches!(r, UnsafeEntryReason::AbsoluteSymlink { .. })
+    });
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn absolute_symlink_chain_is_refused() {
+    let sb = Sandbox::new();
+    let layer = Layer::new()
+        .symlink("a", "b")
+        .symlink("b", &sb.dir.path().display().to_string())
+        .file("a/pwned", b"pwned", 0o644)
+        .bytes();
+    assert_unsafe(apply(&sb.root(), &layer), |r| {
+        matches!(r, UnsafeEntryReason::AbsoluteSymlink { .. })
+    });
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn symlink_climbing_out_is_refused_even_from_a_lower_layer() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    apply(&root, &Layer::new().symlink("up", "../../..").bytes()).unwrap();
+    apply(&root, &Layer::new().symlink("d/up", "../..").bytes()).unwrap();
+    for name in ["up/x", "d/up/sentinel"] {
+        let layer = Layer::new().file(name, b"pwned", 0o644).bytes();
+        assert_unsafe(apply(&root, &layer), |r| {
+            matches!(r, UnsafeEntryReason::SymlinkEscape { .. })
+        });
+        sb.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn symlink_loop_is_refused() {
+    let sb = Sandbox::new();
+    let layer = Layer::new()
+        .symlink("a", "b")
+        .symlink("b", "a")
+        .file("a/x", b"", 0o644)
+        .bytes();
+    assert_unsafe(apply(&sb.root(), &layer), |r| {
+        *r == UnsafeEntryReason::SymlinkLoop
+    });
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn escaping_hard_links_are_refused() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let layer = Layer::new().hardlink("h", "../../etc/passwd").bytes();
+    assert_unsafe(apply(&root, &layer), |r| {
+        matches!(r, UnsafeEntryReason::HardLinkEscape { .. })
+    });
+    let layer = Layer::new().hardlink("h", "../sentinel").bytes();
+    assert_unsafe(apply(&root, &layer), |r| {
+        matches!(r, UnsafeEntryReason::HardLinkEscape { .. })
+    });
+    let layer = Layer::new()
+        .symlink("out", "..")
+        .hardlink("h", "out/sentinel")
+        .bytes();
+    assert_unsafe(apply(&root, &layer), |r| {
+        matches!(r, UnsafeEntryReason::SymlinkEscape { .. })
+    });
+    let layer = Layer::new()
+        .symlink("abs", &sb.dir.path().display().to_string())
+        .hardlink("h2", "abs/sentinel")
+        .bytes();
+    assert_unsafe(apply(&root, &layer), |r| {
+        matches!(r, UnsafeEntryReason::AbsoluteSymlink { .. })
+    });
+    let layer = Layer::new().hardlink("h3", "does/not/exist").bytes();
+    assert_unsafe(apply(&root, &layer), |r| {
+        matches!(r, UnsafeEntryReason::HardLinkTargetMissing { .. })
+    });
+    assert!(!root.join("h").exists() && !root.join("h2").exists());
+    assert_eq!(
+        fs::metadata(sb.dir.path().join("sentinel"))
+            .unwrap()
+            .nlink(),
+        1
+    );
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn final_symlink_is_replaced_not_followed() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let target = sb.dir.path().join("sentinel").display().to_string();
+    let layer = Layer::new()
+        .symlink("f", &target)
+        .file("f", b"replaced", 0o644)
+        .bytes();
+    apply(&root, &layer).unwrap();
+    assert_eq!(fs::read(root.join("f")).unwrap(), b"replaced");
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn devices_skipped_when_not_permitted() {
+    let sb = Sandbox::new();
+    let layer = Layer::new()
+        .raw("dev/null", EntryType::Char, "", 0o666, b"")
+        .raw("run/fifo", EntryType::Fifo, "", 0o600, b"")
+        .bytes();
+    let o = opts().allow_devices(false).allow_fifos(true);
+    let stats = apply_layer(&sb.root(), &layer[..], Compression::None, &o).unwrap();
+    assert_eq!(stats.skipped_devices, 1);
+    assert_eq!(stats.devices, 1);
+    assert!(!sb.root().join("dev/null").exists());
+    let fifo = fs::symlink_metadata(sb.root().join("run/fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+    assert_eq!(fifo.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn media_types() {
+    use Compression as C;
+    for (mt, c) in [
+        ("application/vnd.oci.image.layer.v1.tar", Some(C::None)),
+        ("application/vnd.oci.image.layer.v1.tar+gzip", Some(C::Gzip)),
+        ("application/vnd.oci.image.layer.v1.tar+zstd", Some(C::Zstd)),
+        (
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            Some(C::Gzip),
+        ),
+        ("application/vnd.oci.image.manifest.v1+json", None),
+    ] {
+        assert_eq!(C::from_media_type(mt), c, "{mt}");
+    }
+}
+
+#[test]
+fn ownership_and_xattrs_when_root() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.user.msb", &b"1"[..]), ("uid", &b"4321"[..])])
+        .unwrap();
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Regular);
+    h.set_mode(0o4755);
+    h.set_size(1);
+    h.set_uid(1);
+    h.set_gid(1234);
+    h.set_mtime(5);
+    b.append_data(&mut h, "bin/su", &b"x"[..]).unwrap();
+    let layer = b.into_inner().unwrap();
+    let o = UnpackOptions::default().preserve_ownership(true);
+    let stats = apply_layer(&sb.root(), &layer[..], Compression::None, &o).unwrap();
+    assert_eq!(stats.xattrs_set + stats.xattrs_failed, 1);
+    let md = fs::metadata(sb.root().join("bin/su")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (4321, 1234),
+        "PAX uid overrides the header"
+    );
+    assert_eq!(
+        md.permissions().mode() & 0o7777,
+        0o4755,
+        "setuid survives chown"
+    );
+}
