@@ -6,6 +6,9 @@
 //!   A test that needs a microVM on a host that cannot run one prints
 //!   `skipped: <reason>` (see [`require_microvm!`]) instead of passing silently.
 
+pub mod images;
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 
 use msb_core::kvm::{self, ProbeOptions, Verdict};
