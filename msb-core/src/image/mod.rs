@@ -1,4 +1,5 @@
-//! OCI images: references and digests (pulling and unpacking land here too).
+//! OCI images: references and digests, the registry client, the
+//! content-addressed store, layer unpacking, and [`pull`] tying them together.
 //!
 //! ```
 //! use msb_core::image::Reference;
@@ -10,7 +11,12 @@
 //! ```
 
 pub mod digest;
+pub mod pull;
 pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod unpack;
 
 pub use digest::{Digest, DigestAlgorithm, DigestErrorKind};
+pub use pull::{PullOptions, PullTimings, PulledImage, Puller};
 pub use reference::{Reference, ReferenceErrorKind};

@@ -1,0 +1,226 @@
+//! Pulling real images from a real registry (Debian's `docker-registry` on
+//! 127.0.0.1) into a fresh store, end to end.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use msb_core::Error;
+use msb_core::image::registry::{Credentials, Progress, RegistryClient, RegistryConfig};
+use msb_core::image::store::{ImageStore, PullPolicy};
+use msb_core::image::{Digest, PullOptions, Puller, Reference};
+use test_utils::TestHome;
+use test_utils::images::{busybox_image, layered_image, multi_platform_index};
+use test_utils::registry::TestRegistry;
+
+/// A puller whose config maps `mirror.gcr.io` to the test registry, as a
+/// user's `config.json` would.
+fn puller(registry: &TestRegistry, home: &TestHome) -> Puller {
+    let config = RegistryConfig::from_json(
+        &format!(
+            r#"{{"registries": {{"mirror.gcr.io": {{"mirror": "http://{}"}}}}}}"#,
+            registry.host()
+        ),
+        "test",
+    )
+    .unwrap();
+    let client = RegistryClient::new(config, Credentials::none()).unwrap();
+    Puller::new(client, ImageStore::open(home.path()).unwrap())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn tmp_is_empty(home: &TestHome) -> bool {
+    let tmp = home.path().join("images/tmp");
+    std::fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none())
+}
+
+#[test]
+fn pulls_busybox_through_a_mirror_and_serves_it_warm() {
+    let registry = TestRegistry::start();
+    busybox_image()
+        .push_blocking(&registry, "library/busybox", "latest")
+        .unwrap();
+    let home = TestHome::new();
+    let puller = puller(&registry, &home);
+    let reference: Reference = "mirror.gcr.io/library/busybox".parse().unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    let options = PullOptions {
+        progress: Some(Arc::new(tx)),
+        ..PullOptions::default()
+    };
+    let rt = runtime();
+    let cold = rt.block_on(puller.pull(&reference, &options)).unwrap();
+    assert!(cold.fetched);
+    let busybox = cold.rootfs.join("bin/busybox");
+    let out = std::process::Command::new(&busybox)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(out.success(), "the unpacked busybox runs");
+    assert!(std::fs::symlink_metadata(cold.rootfs.join("bin/sh")).is_ok());
+    let mut events = 0;
+    while rx.try_recv().is_ok() {
+        events += 1;
+    }
+    assert!(events > 0, "progress events were sent");
+
+    let warm = rt.block_on(puller.pull(&reference, &options)).unwrap();
+    assert!(!warm.fetched, "if-missing serves the cached image");
+    assert_eq!(warm.rootfs, cold.rootfs);
+    assert_eq!(warm.manifest_digest, cold.manifest_digest);
+    assert!(tmp_is_empty(&home));
+
+    let records = puller.store().list().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].reference, reference);
+}
+
+#[test]
+fn layered_image_applies_whiteouts_opaque_dirs_and_links() {
+    let registry = TestRegistry::start();
+    layered_image()
+        .push_blocking(&registry, "test/layered", "v1")
+        .unwrap();
+    let home = TestHome::new();
+    let reference: Reference = format!("{}/test/layered:v1", registry.host())
+        .parse()
+        .unwrap();
+    let pulled = runtime()
+        .block_on(puller(&registry, &home).pull(&reference, &PullOptions::default()))
+        .unwrap();
+    test_utils::images::assert_layered_tree(&pulled.rootfs);
+}
+
+#[test]
+fn index_resolves_to_the_requested_platform() {
+    let registry = TestRegistry::start();
+    let index = multi_platform_index()
+        .push_blocking(&registry, "test/multi", "latest")
+        .unwrap();
+    let home = TestHome::new();
+    let reference: Reference = format!("{}/test/multi", registry.host()).parse().unwrap();
+    let puller = puller(&registry, &home);
+    let rt = runtime();
+    for (arch, platform) in [("amd64", "linux/amd64"), ("arm64", "linux/arm64")] {
+        let options = PullOptions {
+            platform: platform.parse().unwrap(),
+            policy: PullPolicy::Always,
+            ..PullOptions::default()
+        };
+        let pulled = rt.block_on(puller.pull(&reference, &options)).unwrap();
+        let expected: Digest = index
+            .image_for("linux", arch)
+            .unwrap()
+            .manifest_digest
+            .parse()
+            .unwrap();
+        assert_eq!(pulled.manifest_digest, expected, "{platform}");
+    }
+    let options = PullOptions {
+        platform: "linux/s390x".parse().unwrap(),
+        policy: PullPolicy::Always,
+        ..PullOptions::default()
+    };
+    let err = rt.block_on(puller.pull(&reference, &options)).unwrap_err();
+    assert!(matches!(err, Error::NoMatchingPlatform { .. }), "{err}");
+}
+
+#[test]
+fn never_policy_without_a_cached_image_is_image_not_found() {
+    let registry = TestRegistry::start();
+    let home = TestHome::new();
+    let reference: Reference = format!("{}/absent/image", registry.host()).parse().unwrap();
+    let options = PullOptions {
+        policy: PullPolicy::Never,
+        ..PullOptions::default()
+    };
+    let err = runtime()
+        .block_on(puller(&registry, &home).pull(&reference, &options))
+        .unwrap_err();
+    assert!(matches!(err, Error::ImageNotFound { .. }), "{err}");
+}
+
+#[test]
+fn unknown_image_is_a_typed_error_and_leaves_nothing() {
+    let registry = TestRegistry::start();
+    let home = TestHome::new();
+    let reference: Reference = format!("{}/absent/image:v9", registry.host())
+        .parse()
+        .unwrap();
+    let err = runtime()
+        .block_on(puller(&registry, &home).pull(&reference, &PullOptions::default()))
+        .unwrap_err();
+    assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
+    assert!(tmp_is_empty(&home));
+}
+
+#[test]
+fn corrupted_layer_in_the_registry_is_a_digest_mismatch_and_caches_nothing() {
+    let registry = TestRegistry::start();
+    let pushed = busybox_image()
+        .push_blocking(&registry, "test/corrupt", "v1")
+        .unwrap();
+    // Flip bytes of the largest layer in the registry's own storage: it now
+    // serves content that does not match the digest the manifest names.
+    let (layer, _) = pushed
+        .layer_digests
+        .iter()
+        .zip(&pushed.layer_sizes)
+        .max_by_key(|(_, size)| **size)
+        .unwrap();
+    let path = registry.blob_path(layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let home = TestHome::new();
+    let puller = puller(&registry, &home);
+    let reference: Reference = format!("{}/test/corrupt:v1", registry.host())
+        .parse()
+        .unwrap();
+    let err = runtime()
+        .block_on(puller.pull(&reference, &PullOptions::default()))
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    let digest: Digest = layer.parse().unwrap();
+    assert!(!puller.store().has_blob(&digest), "no corrupt blob cached");
+    assert!(puller.store().list().unwrap().is_empty(), "nothing tagged");
+    assert!(tmp_is_empty(&home));
+    assert!(
+        !Path::new(
+            &puller
+                .store()
+                .tree_path(&pushed.manifest_digest.parse().unwrap())
+        )
+        .exists()
+    );
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_share_the_cache() {
+    let registry = TestRegistry::start();
+    busybox_image()
+        .push_blocking(&registry, "test/shared", "v1")
+        .unwrap();
+    let home = TestHome::new();
+    let reference: Reference = format!("{}/test/shared:v1", registry.host())
+        .parse()
+        .unwrap();
+    let (a, b) = (puller(&registry, &home), puller(&registry, &home));
+    let options = PullOptions::default();
+    let (ra, rb) = runtime().block_on(async {
+        tokio::join!(a.pull(&reference, &options), b.pull(&reference, &options))
+    });
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.rootfs, rb.rootfs);
+    assert!(ra.rootfs.join("bin/busybox").is_file());
+    assert!(tmp_is_empty(&home));
+}
