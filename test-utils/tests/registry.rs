@@ -429,10 +429,10 @@ fn reference_apply(root: &Path, tar: &[u8]) {
         }
         let dst = root.join(&rel);
         let kind = entry.header().entry_type();
-        if let Ok(meta) = std::fs::symlink_metadata(&dst) {
-            if !(meta.is_dir() && kind.is_dir()) {
-                remove_any(&dst);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&dst)
+            && !(meta.is_dir() && kind.is_dir())
+        {
+            remove_any(&dst);
         }
         if kind.is_hard_link() {
             let target = root.join(entry.link_name().unwrap().unwrap());

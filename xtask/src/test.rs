@@ -14,8 +14,14 @@ use crate::layout::Layout;
 use crate::setup;
 
 /// Debian packages the suite needs beyond a Rust toolchain: libclang for the
-/// bindings check.
-const PACKAGES: &[&str] = &["libclang-dev"];
+/// bindings check; the registry the image tests pull from, busybox for the
+/// fixture images and htpasswd for the authenticated registry.
+const PACKAGES: &[&str] = &[
+    "libclang-dev",
+    "docker-registry",
+    "busybox-static",
+    "apache2-utils",
+];
 
 pub fn run(root: &Path, cargo_args: &[String]) -> Result<()> {
     let started = Instant::now();

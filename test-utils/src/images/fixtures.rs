@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{Compression, ImageBuilder, IndexBuilder, LayerBuilder};
+use super::{BuiltLayer, Compression, ImageBuilder, IndexBuilder, LayerBuilder, MediaTypes};
 use crate::registry::{FixtureError, ensure_package, is_root, tail};
 
 /// Where Debian's `busybox-static` puts busybox.
@@ -409,9 +409,10 @@ pub fn debian_rootfs() -> Result<PathBuf, FixtureError> {
         "test -e '{dir}/etc/debian_version' && exit 0; rm -rf '{tmp}'; \
          debootstrap --variant=minbase {DEBIAN_SUITE} '{tmp}' {DEBIAN_MIRROR} && \
          rm -rf '{tmp}'/var/cache/apt/archives/*.deb '{tmp}'/var/lib/apt/lists/* && \
-         rm -rf '{dir}' && mv '{tmp}' '{dir}'",
+         rm -rf '{dir}' '{layers}' && mv '{tmp}' '{dir}'",
         dir = dir.display(),
         tmp = tmp.display(),
+        layers = debian_layers_dir().display(),
     );
     let started = std::time::Instant::now();
     let out = Command::new("flock")
@@ -437,24 +438,82 @@ pub fn debian_rootfs() -> Result<PathBuf, FixtureError> {
     Ok(dir)
 }
 
+/// `<workspace>/target/msb/fixtures/debian-layers`: the compressed layers
+/// of [`debian_image`], cached (removed whenever the rootfs is rebuilt).
+pub fn debian_layers_dir() -> PathBuf {
+    debian_rootfs_dir().with_file_name("debian-layers")
+}
+
 /// A realistic Debian [`DEBIAN_SUITE`] minbase image for benchmarks, from
-/// [`debian_rootfs`]: two gzip layers, everything but `/usr` first, then
-/// `/usr` (device nodes under `/dev` and the contents of `/proc`, `/sys`
-/// are left out). `Cmd ["bash"]`.
+/// [`debian_rootfs`]: two gzip layers (default level), everything but `/usr`
+/// first, then `/usr` (device nodes under `/dev` and the contents of `/proc`,
+/// `/sys` are left out). `Cmd ["bash"]`. The compressed layers are cached in
+/// [`debian_layers_dir`], so only the first call pays for gzip.
 pub fn debian_image() -> Result<ImageBuilder, FixtureError> {
     let root = debian_rootfs()?;
-    let in_pseudo = |p: &Path| {
-        ["dev", "proc", "sys"]
-            .iter()
-            .any(|d| p.starts_with(d) && p != Path::new(d))
+    let layers = match read_cached_layers(&debian_layers_dir()) {
+        Some(layers) => layers,
+        None => {
+            let in_pseudo = |p: &Path| {
+                ["dev", "proc", "sys"]
+                    .iter()
+                    .any(|d| p.starts_with(d) && p != Path::new(d))
+            };
+            let mut rest = LayerBuilder::new();
+            rest.dir_from_host("", &root, &|p| p.starts_with("usr") || in_pseudo(p))?;
+            let mut usr = LayerBuilder::new();
+            usr.dir_from_host("", &root, &|p| !p.starts_with("usr"))?;
+            let layers: Vec<BuiltLayer> = [rest, usr]
+                .into_iter()
+                .map(|l| BuiltLayer::new(&l.into_tar(), Compression::Gzip, MediaTypes::Oci))
+                .collect();
+            write_cached_layers(&debian_layers_dir(), &layers);
+            layers
+        }
     };
-    let mut rest = LayerBuilder::new();
-    rest.dir_from_host("", &root, &|p| p.starts_with("usr") || in_pseudo(p))?;
-    let mut usr = LayerBuilder::new();
-    usr.dir_from_host("", &root, &|p| !p.starts_with("usr"))?;
-    Ok(ImageBuilder::new()
-        .layer(rest, Compression::Gzip)
-        .layer(usr, Compression::Gzip)
+    let mut image = ImageBuilder::new();
+    for layer in layers {
+        image = image.layer_built(layer, Compression::Gzip);
+    }
+    Ok(image
         .cmd(["bash"])
         .env(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]))
+}
+
+/// Reads `<n>.blob` + `<n>.meta` (digest, diff id, uncompressed size).
+fn read_cached_layers(dir: &Path) -> Option<Vec<BuiltLayer>> {
+    let mut layers = Vec::new();
+    for n in 0.. {
+        let Ok(meta) = std::fs::read_to_string(dir.join(format!("{n}.meta"))) else {
+            break;
+        };
+        let mut lines = meta.lines();
+        let (digest, diff_id, size) = (lines.next()?, lines.next()?, lines.next()?);
+        layers.push(BuiltLayer {
+            blob: std::fs::read(dir.join(format!("{n}.blob"))).ok()?,
+            digest: digest.into(),
+            diff_id: diff_id.into(),
+            media_type: MediaTypes::Oci.layer(Compression::Gzip).into(),
+            uncompressed_size: size.parse().ok()?,
+        });
+    }
+    (!layers.is_empty()).then_some(layers)
+}
+
+/// Best effort: written beside, then renamed into place.
+fn write_cached_layers(dir: &Path, layers: &[BuiltLayer]) {
+    let tmp = dir.with_file_name(format!("debian-layers.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&tmp)?;
+        for (n, l) in layers.iter().enumerate() {
+            std::fs::write(tmp.join(format!("{n}.blob")), &l.blob)?;
+            let meta = format!("{}\n{}\n{}\n", l.digest, l.diff_id, l.uncompressed_size);
+            std::fs::write(tmp.join(format!("{n}.meta")), meta)?;
+        }
+        std::fs::rename(&tmp, dir)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(error = %e, "could not cache the debian fixture layers");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 }

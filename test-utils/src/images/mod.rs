@@ -35,8 +35,8 @@ use crate::registry::{FixtureError, TestRegistry};
 pub use fixtures::{
     BUSYBOX_APPLETS, BUSYBOX_BINARY, DEBIAN_MIRROR, DEBIAN_SUITE, Expected, ExpectedKind,
     LAYERED_ABSENT, LAYERED_EXPECTED, LAYERED_HARDLINKS, assert_layered_tree, busybox_image,
-    debian_image, debian_rootfs, debian_rootfs_dir, layered_image, multi_platform_index,
-    try_busybox_image,
+    debian_image, debian_layers_dir, debian_rootfs, debian_rootfs_dir, layered_image,
+    multi_platform_index, try_busybox_image,
 };
 
 /// The mtime of every entry a [`LayerBuilder`] writes (2023-11-14), so layer
@@ -525,7 +525,8 @@ impl ImageBuilder {
 
     /// Adds a layer (on top of the previous ones).
     pub fn layer(mut self, layer: LayerBuilder, compression: Compression) -> Self {
-        self.layers.push(LayerSource::Tar(layer.into_tar(), compression));
+        self.layers
+            .push(LayerSource::Tar(layer.into_tar(), compression));
         self
     }
 

@@ -271,10 +271,10 @@ fn wait_ready(
                 read_tail(log, 20)
             )));
         }
-        if let Ok(code) = http_status(addr, "/v2/") {
-            if code == 200 || code == 401 {
-                return Ok(());
-            }
+        if let Ok(code) = http_status(addr, "/v2/")
+            && (code == 200 || code == 401)
+        {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(FixtureError::Registry(format!(

@@ -181,15 +181,15 @@ struct Download<'a> {
 
 impl Download<'_> {
     fn report(&mut self, force: bool) {
-        if let Some(sink) = self.progress {
-            if force || self.got - self.reported >= PROGRESS_STEP {
-                self.reported = self.got;
-                sink.progress(Progress {
-                    digest: self.digest.clone(),
-                    downloaded: self.got,
-                    total: self.total,
-                });
-            }
+        if let Some(sink) = self.progress
+            && (force || self.got - self.reported >= PROGRESS_STEP)
+        {
+            self.reported = self.got;
+            sink.progress(Progress {
+                digest: self.digest.clone(),
+                downloaded: self.got,
+                total: self.total,
+            });
         }
     }
 }
@@ -392,13 +392,13 @@ impl RegistryClient {
             if data.is_empty() {
                 continue;
             }
-            if let Some(total) = state.total {
-                if state.got + data.len() as u64 > total {
-                    return Err(Stop::Fatal(Error::TooLarge {
-                        what: format!("blob {}", state.digest),
-                        limit: total,
-                    }));
-                }
+            if let Some(total) = state.total
+                && state.got + data.len() as u64 > total
+            {
+                return Err(Stop::Fatal(Error::TooLarge {
+                    what: format!("blob {}", state.digest),
+                    limit: total,
+                }));
             }
             writer.write_all(data).await.map_err(|source| {
                 Stop::Fatal(Error::Io {

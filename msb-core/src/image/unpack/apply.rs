@@ -107,10 +107,10 @@ impl Applier<'_> {
         let comps = split_name(&raw).map_err(|reason| unsafe_entry(&name, reason))?;
         let kind = entry.header().entry_type();
 
-        if let Some((leaf, dirs)) = comps.split_last() {
-            if let Some(rest) = leaf.strip_prefix(PREFIX) {
-                return self.whiteout(dirs, leaf, rest, &name);
-            }
+        if let Some((leaf, dirs)) = comps.split_last()
+            && let Some(rest) = leaf.strip_prefix(PREFIX)
+        {
+            return self.whiteout(dirs, leaf, rest, &name);
         }
         let meta = self.meta(entry, &name)?;
         match kind {
@@ -250,18 +250,18 @@ impl Applier<'_> {
             // Whiteouts only hide lower layers' entries, not this layer's.
             return Ok(());
         }
-        if self.added.has_descendants(&key) {
-            if let Ok(dir) = openat(
+        if self.added.has_descendants(&key)
+            && let Ok(dir) = openat(
                 parent.as_fd(),
                 os(rest),
                 DIR_FLAGS,
                 nix::sys::stat::Mode::empty(),
-            ) {
-                clean_except_added(dir.as_fd(), &key, &self.added)
-                    .map_err(|e| self.io(name, "apply whiteout", e))?;
-                self.resolver.invalidate();
-                return Ok(());
-            }
+            )
+        {
+            clean_except_added(dir.as_fd(), &key, &self.added)
+                .map_err(|e| self.io(name, "apply whiteout", e))?;
+            self.resolver.invalidate();
+            return Ok(());
         }
         remove_all_at(parent.as_fd(), rest).map_err(|e| self.io(name, "apply whiteout", e))?;
         self.resolver.invalidate();
@@ -409,11 +409,11 @@ impl Applier<'_> {
             Err(e) => return Err(self.io(name, "stat hard link target", e)),
         };
         let parent = self.parent(dirs, name)?;
-        if let Ok(st) = fstatat(parent.as_fd(), os(leaf), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino) {
-                self.stats.hardlinks += 1;
-                return Ok(());
-            }
+        if let Ok(st) = fstatat(parent.as_fd(), os(leaf), AtFlags::AT_SYMLINK_NOFOLLOW)
+            && (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino)
+        {
+            self.stats.hardlinks += 1;
+            return Ok(());
         }
         self.clear(parent.as_fd(), leaf, false, name)?;
         linkat(
