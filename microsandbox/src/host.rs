@@ -5,7 +5,10 @@
 //! probe answers that question up front, in milliseconds, and is cached per
 //! boot.
 
-pub use msb_core::kvm::{KvmReport, Libraries, ProbeOptions, Reason, Verdict};
+pub use msb_core::kvm::{
+    Access, CpuVirt, HostFacts, KvmFacts, KvmReport, Libraries, Node, ProbeOptions, Reason,
+    Verdict, VmCheck,
+};
 
 /// Probes this host (cached per boot): can microVM guests run here, and if
 /// not, why not.

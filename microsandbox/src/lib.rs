@@ -3,9 +3,10 @@
 //! Hardware-isolated sandboxes from OCI images, booted inside your program:
 //! no daemon, no server.
 //!
-//! This release ships the foundation: the libkrun toolchain and the host
-//! probe that tells whether microVMs can run here ([`host::probe`]). Booting
-//! sandboxes from images builds on it.
+//! This release ships the foundation: the host probe that tells whether
+//! microVMs can run here ([`host::probe`]) and OCI images pulled from any
+//! registry into a verified local store ([`image::Images`]). Booting
+//! sandboxes from those images builds on it.
 //!
 //! ```
 //! let report = microsandbox::host::probe();
@@ -18,4 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod host;
+pub mod image;
+
+pub use error::{MicrosandboxError, Result};

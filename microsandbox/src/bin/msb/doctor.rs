@@ -3,8 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use microsandbox::host::{self, KvmReport, Verdict};
-use msb_core::kvm::{Access, HostFacts, Node, VmCheck};
+use microsandbox::host::{self, Access, HostFacts, KvmReport, Node, Verdict, VmCheck};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

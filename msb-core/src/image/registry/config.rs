@@ -148,7 +148,12 @@ struct FileRegistry {
 impl RegistryConfig {
     /// The file at `<MSB_HOME>/config.json` (if any), then the environment.
     pub fn load() -> Result<Self> {
-        let path = crate::paths::state_home().join(CONFIG_FILE);
+        Self::load_from(&crate::paths::state_home())
+    }
+
+    /// The file at `<home>/config.json` (if any), then the environment.
+    pub fn load_from(home: &Path) -> Result<Self> {
+        let path = home.join(CONFIG_FILE);
         let mut config = Self::from_file(&path)?;
         config.apply_env(
             std::env::var(MIRRORS_ENV).ok().as_deref(),
