@@ -7,6 +7,7 @@
 //!   `skipped: <reason>` (see [`require_microvm!`]) instead of passing silently.
 
 pub mod images;
+pub mod proxy;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

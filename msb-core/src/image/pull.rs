@@ -236,7 +236,12 @@ impl Puller {
         }
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
-            let outcome = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let outcome = match joined {
+                Ok(outcome) => outcome,
+                // Aborted below after another blob failed: that error wins.
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
             if let (Err(e), None) = (outcome, &first_error) {
                 // Stop the others: their writers drop and remove their
                 // temporary files.
