@@ -189,6 +189,24 @@ pub enum Error {
         /// The text that was parsed.
         value: String,
     },
+    /// A sandbox rootfs cannot be assembled from, or at, `path`.
+    #[error("rootfs {path}: {reason}")]
+    InvalidRootfs {
+        /// The path concerned (the lower tree, a layout directory, ...).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: crate::rootfs::RootfsErrorKind,
+    },
+    /// Mounting the sandbox's overlay at `merged` failed (overlayfs missing,
+    /// an upper directory on a filesystem overlay cannot use, no privilege).
+    #[error("mount overlay at {merged}: {source}")]
+    OverlayMount {
+        /// The mount point.
+        merged: PathBuf,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

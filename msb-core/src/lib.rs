@@ -13,5 +13,6 @@ pub mod image;
 pub mod krun;
 pub mod kvm;
 pub mod paths;
+pub mod rootfs;
 
 pub use error::{Error, Result};
