@@ -5,8 +5,10 @@
 //! cargo xtask doctor           set up, then say whether this host can run microVMs and why not
 //! cargo xtask bindgen [--check] regenerate (or verify) krun-sys/src/bindings.rs
 //! cargo xtask test             set up, then run the whole test suite (what CI runs)
+//! cargo xtask bench images     set up, then benchmark image pulls against skopeo + umoci
 //! ```
 
+mod bench;
 mod bindgen;
 mod cmd;
 mod doctor;
@@ -49,6 +51,14 @@ enum Command {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Set up, then run a benchmark suite (`images`) and print its report.
+    Bench {
+        /// The suite to run: `images`.
+        suite: String,
+        /// Arguments for the suite (e.g. `--runs 3`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -59,6 +69,7 @@ fn main() {
         Command::Doctor { no_setup } => doctor::run(&root, !no_setup),
         Command::Bindgen { check } => bindgen::run(&root, check).map_err(Into::into),
         Command::Test { cargo_args } => test::run(&root, &cargo_args),
+        Command::Bench { suite, args } => bench::run(&root, &suite, &args),
     };
     if let Err(err) = outcome {
         eprintln!("error: {err}");

@@ -74,7 +74,7 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 }
 
 /// `dir` followed by the current value of the path list `var`.
-fn prepend_path(dir: &Path, var: &str) -> OsString {
+pub(crate) fn prepend_path(dir: &Path, var: &str) -> OsString {
     let current = std::env::var_os(var).unwrap_or_default();
     let rest = std::env::split_paths(&current);
     std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(rest))

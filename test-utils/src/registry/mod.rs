@@ -15,6 +15,7 @@ mod install;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,12 +152,15 @@ impl TestRegistry {
             let log2 = log
                 .try_clone()
                 .map_err(FixtureError::io("cloning the log"))?;
-            let mut child = Command::new(REGISTRY_BINARY)
+            let mut command = Command::new(REGISTRY_BINARY);
+            command
                 .arg("serve")
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(log)
-                .stderr(log2)
+                .stderr(log2);
+            die_with_parent(&mut command);
+            let mut child = command
                 .spawn()
                 .map_err(FixtureError::io("spawning docker-registry"))?;
             match wait_ready(&mut child, addr, &log_path, READY_TIMEOUT) {
@@ -330,4 +334,23 @@ fn write_htpasswd(path: &Path, user: &str, password: &str) -> Result<(), Fixture
         )));
     }
     std::fs::write(path, &out.stdout).map_err(FixtureError::io("writing htpasswd"))
+}
+
+/// Makes the kernel kill the child when the thread that spawned it dies, so a
+/// crashed or killed test run leaves no registry behind. (Drop already kills
+/// it on every orderly exit; tests own their registry on their own thread.)
+fn die_with_parent(command: &mut Command) {
+    let arm = || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes two integers and touches no
+        // memory of ours.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: `arm` runs between fork and exec and only calls prctl(2), which
+    // is async-signal-safe; it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(arm);
+    }
 }
