@@ -165,8 +165,14 @@ struct Measured {
 
 /// Runs `cmd` to completion (stdout captured, stderr captured and shown on
 /// failure), measuring its wall time and `ru_maxrss`.
+///
+/// Dirty pages left by the previous contender are written back first
+/// (untimed): otherwise whoever runs next pays for its predecessor's
+/// writeback through the kernel's dirty-page throttling.
 fn measure(cmd: &mut Command) -> Result<Measured> {
     let what = describe(cmd);
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
