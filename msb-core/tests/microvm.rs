@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use msb_core::image::registry::{Credentials, RegistryClient, RegistryConfig};
-use msb_core::image::store::ImageStore;
-use msb_core::image::{PullOptions, Puller, Reference};
+use msb_core::image::registry::Credentials;
+use msb_core::image::{PullOptions, Reference};
 use msb_core::krun::KrunContext;
 use test_utils::TestHome;
 use test_utils::images::busybox_image;
@@ -47,13 +46,11 @@ fn boots_busybox_in_a_microvm() {
         .push_blocking(&registry, "test/busybox", "v1")
         .unwrap();
     let home = TestHome::new();
-    let client = RegistryClient::new(RegistryConfig::default(), Credentials::none()).unwrap();
-    let puller = Puller::new(client, ImageStore::open(home.path()).unwrap());
+    let puller = test_utils::pull::puller(home.path(), Credentials::none());
     let reference: Reference = format!("{}/test/busybox:v1", registry.host())
         .parse()
         .unwrap();
-    let pulled = tokio::runtime::Runtime::new()
-        .unwrap()
+    let pulled = test_utils::pull::runtime()
         .block_on(puller.pull(&reference, &PullOptions::default()))
         .unwrap();
 

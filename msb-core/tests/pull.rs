@@ -5,40 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use msb_core::Error;
-use msb_core::image::registry::{Credentials, Progress, RegistryClient, RegistryConfig};
-use msb_core::image::store::{ImageStore, PullPolicy};
-use msb_core::image::{Digest, PullOptions, Puller, Reference};
+use msb_core::image::registry::Progress;
+use msb_core::image::store::PullPolicy;
+use msb_core::image::{Digest, PullOptions, Reference};
 use test_utils::TestHome;
 use test_utils::images::{busybox_image, layered_image, multi_platform_index};
+use test_utils::pull::{mirror_puller, runtime, store_tmp_is_empty};
 use test_utils::registry::TestRegistry;
-
-/// A puller whose config maps `mirror.gcr.io` to the test registry, as a
-/// user's `config.json` would.
-fn puller(registry: &TestRegistry, home: &TestHome) -> Puller {
-    let config = RegistryConfig::from_json(
-        &format!(
-            r#"{{"registries": {{"mirror.gcr.io": {{"mirror": "http://{}"}}}}}}"#,
-            registry.host()
-        ),
-        "test",
-    )
-    .unwrap();
-    let client = RegistryClient::new(config, Credentials::none()).unwrap();
-    Puller::new(client, ImageStore::open(home.path()).unwrap())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn tmp_is_empty(home: &TestHome) -> bool {
-    let tmp = home.path().join("images/tmp");
-    std::fs::read_dir(&tmp).map_or(true, |mut d| d.next().is_none())
-}
 
 #[test]
 fn pulls_busybox_through_a_mirror_and_serves_it_warm() {
@@ -47,7 +20,7 @@ fn pulls_busybox_through_a_mirror_and_serves_it_warm() {
         .push_blocking(&registry, "library/busybox", "latest")
         .unwrap();
     let home = TestHome::new();
-    let puller = puller(&registry, &home);
+    let puller = mirror_puller(&registry, &home);
     let reference: Reference = "mirror.gcr.io/library/busybox".parse().unwrap();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
@@ -75,7 +48,7 @@ fn pulls_busybox_through_a_mirror_and_serves_it_warm() {
     assert!(!warm.fetched, "if-missing serves the cached image");
     assert_eq!(warm.rootfs, cold.rootfs);
     assert_eq!(warm.manifest_digest, cold.manifest_digest);
-    assert!(tmp_is_empty(&home));
+    assert!(store_tmp_is_empty(home.path()));
 
     let records = puller.store().list().unwrap();
     assert_eq!(records.len(), 1);
@@ -93,7 +66,7 @@ fn layered_image_applies_whiteouts_opaque_dirs_and_links() {
         .parse()
         .unwrap();
     let pulled = runtime()
-        .block_on(puller(&registry, &home).pull(&reference, &PullOptions::default()))
+        .block_on(mirror_puller(&registry, &home).pull(&reference, &PullOptions::default()))
         .unwrap();
     test_utils::images::assert_layered_tree(&pulled.rootfs);
 }
@@ -106,7 +79,7 @@ fn index_resolves_to_the_requested_platform() {
         .unwrap();
     let home = TestHome::new();
     let reference: Reference = format!("{}/test/multi", registry.host()).parse().unwrap();
-    let puller = puller(&registry, &home);
+    let puller = mirror_puller(&registry, &home);
     let rt = runtime();
     for (arch, platform) in [("amd64", "linux/amd64"), ("arm64", "linux/arm64")] {
         let options = PullOptions {
@@ -142,7 +115,7 @@ fn never_policy_without_a_cached_image_is_image_not_found() {
         ..PullOptions::default()
     };
     let err = runtime()
-        .block_on(puller(&registry, &home).pull(&reference, &options))
+        .block_on(mirror_puller(&registry, &home).pull(&reference, &options))
         .unwrap_err();
     assert!(matches!(err, Error::ImageNotFound { .. }), "{err}");
 }
@@ -155,10 +128,10 @@ fn unknown_image_is_a_typed_error_and_leaves_nothing() {
         .parse()
         .unwrap();
     let err = runtime()
-        .block_on(puller(&registry, &home).pull(&reference, &PullOptions::default()))
+        .block_on(mirror_puller(&registry, &home).pull(&reference, &PullOptions::default()))
         .unwrap_err();
     assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
-    assert!(tmp_is_empty(&home));
+    assert!(store_tmp_is_empty(home.path()));
 }
 
 #[test]
@@ -182,7 +155,7 @@ fn corrupted_layer_in_the_registry_is_a_digest_mismatch_and_caches_nothing() {
     std::fs::write(&path, bytes).unwrap();
 
     let home = TestHome::new();
-    let puller = puller(&registry, &home);
+    let puller = mirror_puller(&registry, &home);
     let reference: Reference = format!("{}/test/corrupt:v1", registry.host())
         .parse()
         .unwrap();
@@ -193,7 +166,7 @@ fn corrupted_layer_in_the_registry_is_a_digest_mismatch_and_caches_nothing() {
     let digest: Digest = layer.parse().unwrap();
     assert!(!puller.store().has_blob(&digest), "no corrupt blob cached");
     assert!(puller.store().list().unwrap().is_empty(), "nothing tagged");
-    assert!(tmp_is_empty(&home));
+    assert!(store_tmp_is_empty(home.path()));
     assert!(
         !Path::new(
             &puller
@@ -214,7 +187,10 @@ fn concurrent_pulls_of_one_image_share_the_cache() {
     let reference: Reference = format!("{}/test/shared:v1", registry.host())
         .parse()
         .unwrap();
-    let (a, b) = (puller(&registry, &home), puller(&registry, &home));
+    let (a, b) = (
+        mirror_puller(&registry, &home),
+        mirror_puller(&registry, &home),
+    );
     let options = PullOptions::default();
     let (ra, rb) = runtime().block_on(async {
         tokio::join!(a.pull(&reference, &options), b.pull(&reference, &options))
@@ -222,5 +198,5 @@ fn concurrent_pulls_of_one_image_share_the_cache() {
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(ra.rootfs, rb.rootfs);
     assert!(ra.rootfs.join("bin/busybox").is_file());
-    assert!(tmp_is_empty(&home));
+    assert!(store_tmp_is_empty(home.path()));
 }

@@ -18,6 +18,7 @@ use msb_core::image::{Digest, PullOptions, PulledImage, Puller, Reference};
 use test_utils::TestHome;
 use test_utils::images::{Compression, ImageBuilder, LayerBuilder, PushedImage, busybox_image};
 use test_utils::proxy::FaultyProxy;
+use test_utils::pull::runtime;
 use test_utils::registry::TestRegistry;
 
 /// The longest any single pull in this file may take.
@@ -48,15 +49,7 @@ fn puller_with(home: &Path, credentials: Credentials, retry: Option<RetryPolicy>
 }
 
 fn puller(home: &TestHome) -> Puller {
-    puller_with(home.path(), Credentials::none(), None)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    test_utils::pull::puller(home.path(), Credentials::none())
 }
 
 /// Pulls `reference`, panicking if it takes longer than [`PULL_LIMIT`].

@@ -343,9 +343,7 @@ fn assembly_cost_does_not_grow_with_the_image() {
 
 #[test]
 fn busybox_image_runs_from_the_merged_root() {
-    use msb_core::image::registry::{Credentials, RegistryClient, RegistryConfig};
-    use msb_core::image::store::ImageStore;
-    use msb_core::image::{PullOptions, Puller, Reference};
+    use msb_core::image::{PullOptions, Reference};
     use test_utils::TestHome;
     use test_utils::images::busybox_image;
     use test_utils::registry::TestRegistry;
@@ -359,16 +357,7 @@ fn busybox_image_runs_from_the_merged_root() {
         .push_blocking(&registry, "library/busybox", "latest")
         .unwrap();
     let home = TestHome::new();
-    let config = RegistryConfig::from_json(
-        &format!(
-            r#"{{"registries": {{"mirror.gcr.io": {{"mirror": "http://{}"}}}}}}"#,
-            registry.host()
-        ),
-        "test",
-    )
-    .unwrap();
-    let client = RegistryClient::new(config, Credentials::none()).unwrap();
-    let puller = Puller::new(client, ImageStore::open(home.path()).unwrap());
+    let puller = test_utils::pull::mirror_puller(&registry, &home);
     let reference: Reference = "mirror.gcr.io/library/busybox".parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -8,6 +8,7 @@
 
 pub mod images;
 pub mod proxy;
+pub mod pull;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
