@@ -10,6 +10,8 @@ pub mod images;
 pub mod proxy;
 pub mod pull;
 pub mod registry;
+pub mod tls;
+pub mod token;
 
 use std::path::{Path, PathBuf};
 

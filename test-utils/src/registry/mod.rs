@@ -101,15 +101,26 @@ impl TestRegistry {
 
     /// Starts an anonymous registry.
     pub fn try_start() -> Result<Self, FixtureError> {
-        Self::launch(None)
+        Self::launch(None, None)
     }
 
     /// Starts a registry requiring basic auth for `user` / `password`.
     pub fn try_start_with_basic_auth(user: &str, password: &str) -> Result<Self, FixtureError> {
-        Self::launch(Some((user.to_string(), password.to_string())))
+        Self::launch(Some((user.to_string(), password.to_string())), None)
     }
 
-    fn launch(credentials: Option<(String, String)>) -> Result<Self, FixtureError> {
+    /// Starts a registry whose config ends with `auth_yaml`, a top-level
+    /// `auth:` block written by the caller (e.g. token auth, see
+    /// [`crate::token`]). [`TestRegistry::credentials`] is `None`: the caller
+    /// decides how pushes authenticate.
+    pub fn try_start_with_auth_yaml(auth_yaml: &str) -> Result<Self, FixtureError> {
+        Self::launch(None, Some(auth_yaml))
+    }
+
+    fn launch(
+        credentials: Option<(String, String)>,
+        auth_yaml: Option<&str>,
+    ) -> Result<Self, FixtureError> {
         ensure_package(Path::new(REGISTRY_BINARY), "docker-registry")?;
         let dir = tempfile::Builder::new()
             .prefix("msb-test-registry-")
@@ -118,9 +129,10 @@ impl TestRegistry {
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage).map_err(FixtureError::io("creating registry storage"))?;
 
-        let auth = match &credentials {
-            None => String::new(),
-            Some((user, password)) => {
+        let auth = match (auth_yaml, &credentials) {
+            (Some(yaml), _) => yaml.to_string(),
+            (None, None) => String::new(),
+            (None, Some((user, password))) => {
                 let htpasswd = dir.path().join("htpasswd");
                 write_htpasswd(&htpasswd, user, password)?;
                 format!(
@@ -251,7 +263,7 @@ impl Drop for TestRegistry {
     }
 }
 
-fn read_tail(path: &Path, lines: usize) -> String {
+pub(crate) fn read_tail(path: &Path, lines: usize) -> String {
     let log = std::fs::read(path).unwrap_or_default();
     tail(&String::from_utf8_lossy(&log), lines)
 }
@@ -291,7 +303,7 @@ fn wait_ready(
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16, FixtureError> {
+pub(crate) fn free_port() -> Result<u16, FixtureError> {
     let listener =
         TcpListener::bind(("127.0.0.1", 0)).map_err(FixtureError::io("finding a free port"))?;
     Ok(listener
@@ -339,7 +351,7 @@ fn write_htpasswd(path: &Path, user: &str, password: &str) -> Result<(), Fixture
 /// Makes the kernel kill the child when the thread that spawned it dies, so a
 /// crashed or killed test run leaves no registry behind. (Drop already kills
 /// it on every orderly exit; tests own their registry on their own thread.)
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     let arm = || {
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes two integers and touches no
         // memory of ours.
