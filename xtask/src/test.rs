@@ -15,12 +15,14 @@ use crate::setup;
 
 /// Debian packages the suite needs beyond a Rust toolchain: libclang for the
 /// bindings check; the registry the image tests pull from, busybox for the
-/// fixture images and htpasswd for the authenticated registry.
+/// fixture images, htpasswd for the basic-auth registry and openssl for the
+/// TLS and token-auth registries' keys.
 const PACKAGES: &[&str] = &[
     "libclang-dev",
     "docker-registry",
     "busybox-static",
     "apache2-utils",
+    "openssl",
 ];
 
 pub fn run(root: &Path, cargo_args: &[String]) -> Result<()> {
