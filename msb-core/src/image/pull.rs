@@ -4,7 +4,10 @@
 //!  Reference ──resolve──▶ manifest (platform) ──▶ config + layers, in parallel,
 //!      │                                            streamed into the blob store
 //!      │                                            (sha256 checked while writing)
-//!      └── tag ◀── tree commit ◀── layers applied in order into a staging tree
+//!      │                                                 │ layer i committed
+//!      │                                                 ▼ (and 0..i before it)
+//!      └── tag ◀── tree commit ◀── one applier applies layers in order into a
+//!                  (all blobs in)  staging tree, while later layers download
 //! ```
 //!
 //! Every step is restartable and leaves nothing half-written: blobs are
@@ -16,14 +19,16 @@
 //! With [`PullPolicy::IfMissing`] a cached image costs two small file reads,
 //! whatever its size.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::registry::{Descriptor, Platform, Progress, ProgressSink, RegistryClient};
@@ -74,9 +79,12 @@ pub struct PulledImage {
 pub struct PullTimings {
     /// Manifest resolution.
     pub resolve: Duration,
-    /// Downloading config and layers (all in parallel).
+    /// Downloading config and layers (all in parallel), until the last blob
+    /// is in the store.
     pub download: Duration,
-    /// Applying the layers.
+    /// Applying the layers, from the first layer's start to the tree's
+    /// commit. Layers are applied while later ones still download, so this
+    /// overlaps `download`.
     pub unpack: Duration,
     /// The whole pull.
     pub total: Duration,
@@ -127,24 +135,25 @@ impl Puller {
         timings.resolve = started.elapsed();
         tracing::debug!(%reference, digest = %resolved.digest, layers = resolved.manifest.layers.len(), "resolved");
 
-        let download_started = Instant::now();
         let mut blobs = vec![resolved.manifest.config.clone()];
         blobs.extend(resolved.manifest.layers.iter().cloned());
-        self.download_all(reference, &blobs, options.progress.clone())
+        let fetched = self
+            .fetch_tree(
+                reference,
+                &resolved.digest,
+                &blobs,
+                options.progress.clone(),
+            )
             .await?;
+        timings.download = fetched.download;
+        timings.unpack = fetched.unpack;
+        let rootfs = fetched.rootfs;
         let (store, digest, bytes) = (
             self.store.clone(),
             resolved.digest.clone(),
             resolved.bytes.clone(),
         );
         blocking(move || store.put_blob_bytes(&digest, &bytes)).await?;
-        timings.download = download_started.elapsed();
-
-        let unpack_started = Instant::now();
-        let rootfs = self
-            .unpack_tree(&resolved.digest, &resolved.manifest.layers)
-            .await?;
-        timings.unpack = unpack_started.elapsed();
 
         let size = resolved.bytes.len() as u64 + blobs.iter().map(|d| d.size).sum::<u64>();
         let meta = ImageMeta {
@@ -194,92 +203,209 @@ impl Puller {
         .await
     }
 
-    /// Downloads every blob not yet in the store, all at once.
-    async fn download_all(
+    /// Downloads `blobs` (the config, then the layers) into the store, all at
+    /// once, while one blocking applier unpacks the layers, in order, into a
+    /// staging tree: layer `i` is applied as soon as layers `0..=i` are
+    /// downloaded, verified and committed, so unpacking overlaps the
+    /// downloads still running. The tree is committed only once every blob
+    /// (the config included) is in the store.
+    ///
+    /// Any error stops everything else and is returned once no work on the
+    /// pull's behalf is left running: downloads are cancelled at their
+    /// network part (their temp files removed) but their store calls run to
+    /// completion and are awaited, the applier stops at its next read and
+    /// drops the staging tree, and nothing is committed or left in `tmp/`.
+    async fn fetch_tree(
         &self,
         reference: &Reference,
+        manifest: &Digest,
         blobs: &[Descriptor],
         progress: Option<Arc<dyn ProgressSink>>,
-    ) -> Result<()> {
+    ) -> Result<FetchedTree> {
+        let started = Instant::now();
+        let layers: Vec<Descriptor> = blobs[1..].to_vec();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (steps_tx, steps_rx) = mpsc::unbounded_channel();
+        let mut steps = Some(steps_tx);
+        let mut applier = Some(self.spawn_applier(
+            manifest.clone(),
+            layers.clone(),
+            steps_rx,
+            cancelled.clone(),
+        ));
+
         let mut tasks = JoinSet::new();
-        for descriptor in blobs {
+        for (index, descriptor) in blobs.iter().enumerate() {
             let (client, store, reference) =
                 (self.client.clone(), self.store.clone(), reference.clone());
-            let (digest, size) = (descriptor.digest.clone(), descriptor.size);
-            let progress = progress.clone();
+            let (descriptor, progress, cancel) =
+                (descriptor.clone(), progress.clone(), cancel_rx.clone());
             tasks.spawn(async move {
-                let d = digest.clone();
-                let writer = blocking(move || store.begin_blob(&d, Some(size))).await?;
-                if writer.already_present() {
-                    if let Some(sink) = &progress {
-                        sink.progress(Progress {
-                            digest: digest.clone(),
-                            downloaded: size,
-                            total: Some(size),
-                        });
-                    }
-                    return Ok(());
-                }
-                let mut sink = BlobSink { writer };
-                client
-                    .download_blob(
-                        &reference,
-                        &digest,
-                        Some(size),
-                        &mut sink,
-                        progress.as_deref(),
-                    )
-                    .await?;
-                let BlobSink { writer } = sink;
-                blocking(move || writer.commit()).await.map(drop)
+                download_blob(client, store, reference, descriptor, progress, cancel)
+                    .await
+                    .map(|done| done.then_some(index))
             });
         }
-        let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            let outcome = match joined {
-                Ok(outcome) => outcome,
-                // Aborted below after another blob failed: that error wins.
-                Err(e) if e.is_cancelled() => continue,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            };
-            if let (Err(e), None) = (outcome, &first_error) {
-                // Stop the others: their writers drop and remove their
-                // temporary files.
-                tasks.abort_all();
-                first_error = Some(e);
+
+        let mut first_error: Option<Error> = None;
+        let mut panicked = None;
+        let fail = |e: Option<Error>,
+                    first_error: &mut Option<Error>,
+                    steps: &mut Option<mpsc::UnboundedSender<Step>>| {
+            if first_error.is_none() {
+                *first_error = e;
+            }
+            cancelled.store(true, Ordering::SeqCst);
+            let _ = cancel_tx.send(true);
+            // Closing the channel without `Step::Commit` tells the applier
+            // to drop the staging tree.
+            *steps = None;
+        };
+        let mut downloaded = vec![false; layers.len()];
+        let mut next_layer = 0;
+        let mut download = None;
+        let mut outcome = None;
+        while !tasks.is_empty() || applier.is_some() {
+            tokio::select! {
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    match joined {
+                        // Cancelled after another error, which wins.
+                        Ok(Ok(None)) => {}
+                        Ok(Ok(Some(index))) => {
+                            if let Some(layer) = index.checked_sub(1) {
+                                downloaded[layer] = true;
+                            }
+                            while next_layer < layers.len() && downloaded[next_layer] {
+                                if let Some(tx) = &steps {
+                                    // The applier may have finished early (tree
+                                    // already present): nothing to tell it.
+                                    let _ = tx.send(Step::Apply(next_layer));
+                                }
+                                next_layer += 1;
+                            }
+                            if tasks.is_empty() {
+                                download = Some(started.elapsed());
+                                if let Some(tx) = steps.take() {
+                                    let _ = tx.send(Step::Commit);
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => fail(Some(e), &mut first_error, &mut steps),
+                        // Downloads are cancelled cooperatively, never
+                        // aborted; a JoinSet only cancels on drop.
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => {
+                            panicked.get_or_insert(e.into_panic());
+                            fail(None, &mut first_error, &mut steps);
+                        }
+                    }
+                }
+                joined = async {
+                    match applier.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if applier.is_some() => {
+                    applier = None;
+                    match joined {
+                        Ok(Ok(Some(applied))) => outcome = Some(applied),
+                        // Stopped because a download failed: that error wins.
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => fail(Some(e), &mut first_error, &mut steps),
+                        Err(e) => {
+                            panicked.get_or_insert(e.into_panic());
+                            fail(None, &mut first_error, &mut steps);
+                        }
+                    }
+                }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        if let Some(payload) = panicked {
+            std::panic::resume_unwind(payload);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let (rootfs, unpack) = outcome.expect("the applier finished without error or cancellation");
+        Ok(FetchedTree {
+            rootfs,
+            download: download.unwrap_or_default(),
+            unpack,
+        })
     }
 
-    /// Applies `layers` in order into a staging tree and commits it.
-    async fn unpack_tree(&self, manifest: &Digest, layers: &[Descriptor]) -> Result<PathBuf> {
+    /// Starts the applier: on a blocking thread, it applies each
+    /// [`Step::Apply`] layer into a staging tree and commits the tree on
+    /// [`Step::Commit`]. Returns the tree and the time spent from the first
+    /// layer to the commit, or `None` if the channel closed before
+    /// `Commit` (the pull failed elsewhere; the staging tree is dropped).
+    fn spawn_applier(
+        &self,
+        manifest: Digest,
+        layers: Vec<Descriptor>,
+        mut steps: mpsc::UnboundedReceiver<Step>,
+        cancelled: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<Result<Option<(PathBuf, Duration)>>> {
         let store = self.store.clone();
-        let manifest = manifest.clone();
-        let layers = layers.to_vec();
         let options = self.unpack.clone();
-        blocking(move || {
+        tokio::task::spawn_blocking(move || {
             if store.has_tree(&manifest) {
-                return Ok(store.tree_path(&manifest));
+                return Ok(Some((store.tree_path(&manifest), Duration::ZERO)));
             }
-            let build = store.begin_tree(&manifest)?;
-            for layer in &layers {
-                let file = store.open_blob(&layer.digest)?;
-                let compression = match Compression::from_media_type(&layer.media_type) {
-                    Some(c) => c,
-                    None => {
-                        return Err(Error::UnsupportedMediaType {
+            let compressions = layers
+                .iter()
+                .map(|layer| {
+                    Compression::from_media_type(&layer.media_type).ok_or_else(|| {
+                        Error::UnsupportedMediaType {
                             media_type: layer.media_type.clone(),
-                        });
+                        }
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut build = None;
+            let mut started = None;
+            let mut applied = 0;
+            while let Some(step) = steps.blocking_recv() {
+                let index = match step {
+                    Step::Apply(index) => index,
+                    Step::Commit => {
+                        let build = match build {
+                            Some(build) if applied == layers.len() => build,
+                            // An image without layers.
+                            None if layers.is_empty() => store.begin_tree(&manifest)?,
+                            _ => unreachable!("commit before every layer was applied"),
+                        };
+                        let started = *started.get_or_insert_with(Instant::now);
+                        let rootfs = build.commit()?;
+                        return Ok(Some((rootfs, started.elapsed())));
                     }
                 };
-                let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                let stats = apply_layer(build.path(), reader, compression, &options)?;
-                tracing::debug!(digest = %layer.digest, ?stats, "applied layer");
+                debug_assert_eq!(index, applied, "layers arrive in order");
+                if cancelled.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                started.get_or_insert_with(Instant::now);
+                if build.is_none() {
+                    build = Some(store.begin_tree(&manifest)?);
+                }
+                let root = build.as_ref().expect("just set").path();
+                let layer = &layers[index];
+                let file = store.open_blob(&layer.digest)?;
+                let reader = CancellableReader {
+                    inner: std::io::BufReader::with_capacity(1 << 20, file),
+                    cancelled: &cancelled,
+                };
+                let stats = apply_layer(root, reader, compressions[index], &options);
+                if cancelled.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                tracing::debug!(digest = %layer.digest, stats = ?stats.as_ref().ok(), "applied layer");
+                stats?;
+                applied += 1;
             }
-            build.commit()
+            Ok(None)
         })
-        .await
     }
 }
 
@@ -312,5 +438,85 @@ impl AsyncWrite for BlobSink {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.poll_flush(cx)
+    }
+}
+
+/// What [`Puller::fetch_tree`] produced.
+struct FetchedTree {
+    rootfs: PathBuf,
+    /// From the first request to the last blob committed.
+    download: Duration,
+    /// From the first layer applied to the tree committed (overlaps
+    /// `download`).
+    unpack: Duration,
+}
+
+/// What the applier is told to do, in order.
+enum Step {
+    /// Apply layer `i` (all earlier layers were sent before).
+    Apply(usize),
+    /// Every blob is in the store: commit the tree.
+    Commit,
+}
+
+/// Downloads one blob into the store unless it is there already. Returns
+/// `false` if `cancel` stopped it (nothing is left behind).
+///
+/// Only the network part is cancellable: the store calls (`begin_blob`,
+/// `commit`) run on blocking threads, and a cancelled `spawn_blocking`
+/// would run on detached, so they are always awaited to the end.
+async fn download_blob(
+    client: RegistryClient,
+    store: ImageStore,
+    reference: Reference,
+    descriptor: Descriptor,
+    progress: Option<Arc<dyn ProgressSink>>,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<bool> {
+    let (digest, size) = (descriptor.digest, descriptor.size);
+    let d = digest.clone();
+    let writer = blocking(move || store.begin_blob(&d, Some(size))).await?;
+    if writer.already_present() {
+        if let Some(sink) = &progress {
+            sink.progress(Progress {
+                digest: digest.clone(),
+                downloaded: size,
+                total: Some(size),
+            });
+        }
+        return Ok(true);
+    }
+    if *cancel.borrow() {
+        return Ok(false);
+    }
+    let mut sink = BlobSink { writer };
+    let downloaded = tokio::select! {
+        result = client.download_blob(&reference, &digest, Some(size), &mut sink, progress.as_deref()) => Some(result),
+        // Also taken if the sender is gone: the pull itself was dropped.
+        _ = cancel.wait_for(|cancelled| *cancelled) => None,
+    };
+    let Some(result) = downloaded else {
+        // Dropping the writer removes its temp file.
+        return Ok(false);
+    };
+    result?;
+    let BlobSink { writer } = sink;
+    blocking(move || writer.commit()).await?;
+    Ok(true)
+}
+
+/// Fails reads once the pull is cancelled, so that an applier in the middle
+/// of a large layer stops promptly.
+struct CancellableReader<'a, R> {
+    inner: R,
+    cancelled: &'a AtomicBool,
+}
+
+impl<R: Read> Read for CancellableReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("pull cancelled"));
+        }
+        self.inner.read(buf)
     }
 }
