@@ -16,13 +16,14 @@
 //! component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)`, and the entry
 //! itself is created with `*at` system calls that never follow a final
 //! symlink. Symlinks met on the way (created by a lower layer or earlier in the
-//! same layer) are followed only when their target is relative and stays in
-//! the tree. Refused with [`Error::UnsafeLayerEntry`]:
+//! same layer) are followed inside the tree: an absolute target is resolved
+//! from `root` (the image's own `/`, as containerd does), never from the
+//! host's. Refused with [`Error::UnsafeLayerEntry`]:
 //!
 //! - names (and hard-link targets) with a `..` component; a leading `/` is
 //!   stripped, as containerd does, so absolute names are relative to `root`;
-//! - parents reached through a symlink with an absolute target or one whose
-//!   `..` components climb above `root`, and symlink loops;
+//! - parents reached through a symlink whose `..` components climb above
+//!   `root`, and symlink loops;
 //! - hard links whose target is missing or outside the tree.
 //!
 //! A corrupt or truncated tar, gzip or zstd stream is [`Error::LayerFormat`].
@@ -232,14 +233,6 @@ pub enum UnsafeEntryReason {
     ReplacesRoot,
     /// A whiteout names `.`, `..` or nothing.
     InvalidWhiteout,
-    /// A parent component is a symlink (at `symlink`, relative to the root)
-    /// whose target is absolute.
-    AbsoluteSymlink {
-        /// Where the symlink is, relative to the root.
-        symlink: PathBuf,
-        /// Its target.
-        target: PathBuf,
-    },
     /// A parent component is a symlink whose target climbs above the root.
     SymlinkEscape {
         /// Where the symlink is, relative to the root.
@@ -268,12 +261,6 @@ impl fmt::Display for UnsafeEntryReason {
             Self::InvalidName => f.write_str("the name is not a usable path"),
             Self::ReplacesRoot => f.write_str("a non-directory entry names the root"),
             Self::InvalidWhiteout => f.write_str("the whiteout names no removable entry"),
-            Self::AbsoluteSymlink { symlink, target } => write!(
-                f,
-                "parent symlink {} has the absolute target {}",
-                symlink.display(),
-                target.display()
-            ),
             Self::SymlinkEscape { symlink, target } => write!(
                 f,
                 "parent symlink {} -> {} leads outside the root",

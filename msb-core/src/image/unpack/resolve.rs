@@ -231,13 +231,12 @@ impl Resolver {
                         last_link.0.join(os(&c))
                     };
                     if target.starts_with(b"/") {
-                        return Err(unsafe_entry(
-                            entry,
-                            UnsafeEntryReason::AbsoluteSymlink {
-                                symlink,
-                                target: path_of(target),
-                            },
-                        ));
+                        // An absolute target means the image's own root, as
+                        // inside the container (containerd resolves it the
+                        // same way): continue from `root`, never the host's /.
+                        cur = Some(self.root.try_clone().map_err(|e| {
+                            io_error(&self.root_path, entry, "duplicate descriptor", e)
+                        })?);
                     }
                     last_link = (symlink, path_of(target));
                     pending.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));

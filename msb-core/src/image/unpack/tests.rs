@@ -322,33 +322,39 @@ fn parent_components_are_refused() {
 }
 
 #[test]
-fn absolute_symlink_parent_is_refused() {
+fn absolute_symlink_parent_resolves_inside_the_root() {
     let sb = Sandbox::new();
-    // `evil -> /`, then a path through it to the sandbox dir: were the
-    // symlink followed, `pwned` would appear next to the root.
+    let root = sb.root();
+    // `evil -> /`, then a path through it to the sandbox dir: `/` is the
+    // image's root, so `pwned` lands inside the tree, never next to it.
     let outside = sb.dir.path().join("pwned");
     let through = format!("evil{}", outside.display());
     let layer = Layer::new()
         .symlink("evil", "/")
         .file(&through, b"pwned", 0o644)
         .bytes();
-    assert_unsafe(apply(&sb.root(), &layer), |r| {
-        matches!(r, UnsafeEntryReason::AbsoluteSymlink { .. })
-    });
+    apply(&root, &layer).unwrap();
+    let inside = root.join(outside.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(inside).unwrap(), b"pwned");
     sb.assert_outside_untouched();
 }
 
 #[test]
-fn absolute_symlink_chain_is_refused() {
+fn absolute_symlink_chain_resolves_inside_the_root() {
     let sb = Sandbox::new();
+    let root = sb.root();
     let layer = Layer::new()
+        .dir("run", 0o755)
+        .dir("var", 0o755)
+        .symlink("var/run", "/run")
         .symlink("a", "b")
-        .symlink("b", &sb.dir.path().display().to_string())
+        .symlink("b", "/var/run")
         .file("a/pwned", b"pwned", 0o644)
+        .file("var/run/lock", b"lock", 0o644)
         .bytes();
-    assert_unsafe(apply(&sb.root(), &layer), |r| {
-        matches!(r, UnsafeEntryReason::AbsoluteSymlink { .. })
-    });
+    apply(&root, &layer).unwrap();
+    assert_eq!(fs::read(root.join("run/pwned")).unwrap(), b"pwned");
+    assert_eq!(fs::read(root.join("run/lock")).unwrap(), b"lock");
     sb.assert_outside_untouched();
 }
 
@@ -400,12 +406,14 @@ fn escaping_hard_links_are_refused() {
     assert_unsafe(apply(&root, &layer), |r| {
         matches!(r, UnsafeEntryReason::SymlinkEscape { .. })
     });
+    // An absolute symlink resolves from the tree's root: the host's
+    // `sentinel` is not reachable through it.
     let layer = Layer::new()
         .symlink("abs", &sb.dir.path().display().to_string())
         .hardlink("h2", "abs/sentinel")
         .bytes();
     assert_unsafe(apply(&root, &layer), |r| {
-        matches!(r, UnsafeEntryReason::AbsoluteSymlink { .. })
+        matches!(r, UnsafeEntryReason::HardLinkTargetMissing { .. })
     });
     let layer = Layer::new().hardlink("h3", "does/not/exist").bytes();
     assert_unsafe(apply(&root, &layer), |r| {
