@@ -207,6 +207,69 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `name` is not a valid sandbox name.
+    #[error("invalid sandbox name {name:?}: {reason}")]
+    InvalidSandboxName {
+        /// The text that was checked.
+        name: String,
+        /// What is wrong with it.
+        reason: crate::sandbox::state::SandboxNameErrorKind,
+    },
+    /// A sandbox named `name` already exists (in any state).
+    #[error("sandbox {name:?} already exists")]
+    SandboxAlreadyExists {
+        /// The sandbox's name.
+        name: String,
+    },
+    /// There is no sandbox named `name`.
+    #[error("sandbox {name:?} not found")]
+    SandboxNotFound {
+        /// The sandbox's name.
+        name: String,
+    },
+    /// The sandbox `name` cannot be removed: its process `pid` is alive.
+    #[error("sandbox {name:?} is still running (pid {pid})")]
+    SandboxStillRunning {
+        /// The sandbox's name.
+        name: String,
+        /// The live process (the creator's, while it is being created).
+        pid: u32,
+    },
+    /// The state of sandbox `name` at `path` is damaged.
+    #[error("corrupt state for sandbox {name:?} at {path}: {reason}")]
+    CorruptSandboxState {
+        /// The sandbox's name.
+        name: String,
+        /// The file found damaged.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: crate::sandbox::state::StateCorruptionKind,
+    },
+    /// Bytes on the guest agent channel violate the agent protocol.
+    #[error("agent protocol: {reason}")]
+    AgentProtocol {
+        /// What is wrong.
+        reason: crate::agent::ProtocolErrorKind,
+    },
+    /// The peer on the guest agent channel speaks no protocol version we do.
+    #[error("agent protocol version mismatch: we speak {local}, {peer_software:?} speaks {remote}")]
+    AgentVersionMismatch {
+        /// The versions this side speaks.
+        local: crate::agent::VersionRange,
+        /// The versions the peer offered.
+        remote: crate::agent::VersionRange,
+        /// The peer's software version, as it reported it.
+        peer_software: String,
+    },
+    /// Reading or writing the guest agent channel failed.
+    #[error("agent channel {op}: {source}")]
+    AgentIo {
+        /// What was being done, e.g. "read frame".
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

@@ -8,11 +8,13 @@
 //! Users depend on the `microsandbox` crate; this crate's API is shared by the
 //! project's own crates and may change between minor versions.
 
+pub mod agent;
 pub mod error;
 pub mod image;
 pub mod krun;
 pub mod kvm;
 pub mod paths;
 pub mod rootfs;
+pub mod sandbox;
 
 pub use error::{Error, Result};
