@@ -270,6 +270,36 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Starting a namespace-isolated sandbox failed at `step`: in the parent
+    /// (`clone`, writing the id maps) or in the child before its program was
+    /// executed (a mount, `pivot_root`, `execve`, ...), as the child reported
+    /// over its error pipe.
+    #[error("namespace sandbox setup failed at {step}: {errno}")]
+    NamespaceSetup {
+        /// The step that failed, e.g. `"pivot_root"` or `"execve"`.
+        step: &'static str,
+        /// The kernel's error.
+        errno: nix::errno::Errno,
+    },
+    /// A namespace sandbox spec cannot be used as given.
+    #[error("invalid namespace sandbox spec: {field} {reason}")]
+    InvalidNamespaceSpec {
+        /// The field concerned, e.g. `"argv"`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Signalling or waiting for the sandbox process `pid` failed.
+    #[error("{op} sandbox process {pid}: {source}")]
+    SandboxProcess {
+        /// What was being done, e.g. "kill".
+        op: &'static str,
+        /// The process (host pid).
+        pid: u32,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

@@ -86,6 +86,7 @@
 mod cleanup;
 mod copy;
 mod overlay;
+pub(crate) use overlay::{in_user_namespace, options_for as overlay_options};
 mod reflink;
 
 use std::fs;

@@ -25,10 +25,17 @@ const UNSUITABLE_UPPER_FS: &[(i64, &str)] = &[
     (0xf15f, "ecryptfs"),
 ];
 
-/// The overlay's mount options for `layout`, refusing paths that the
-/// option syntax cannot carry (`,` separates options, `:` separates lower
-/// dirs, `\` escapes) instead of escaping them.
+/// The overlay's mount options for `layout` when mounted from this process's
+/// user namespace.
 pub(super) fn options(layout: &RootfsLayout) -> Result<OsString> {
+    options_for(layout, in_user_namespace())
+}
+
+/// The overlay's mount options for `layout`, with `userxattr` when the mount
+/// happens inside a user namespace (`userns`), refusing paths that the option
+/// syntax cannot carry (`,` separates options, `:` separates lower dirs, `\`
+/// escapes) instead of escaping them.
+pub(crate) fn options_for(layout: &RootfsLayout, userns: bool) -> Result<OsString> {
     let mut data = Vec::new();
     for (key, path) in [
         ("lowerdir=", &layout.lower),
@@ -49,7 +56,7 @@ pub(super) fn options(layout: &RootfsLayout) -> Result<OsString> {
         data.extend_from_slice(key.as_bytes());
         data.extend_from_slice(path.as_os_str().as_bytes());
     }
-    if in_user_namespace() {
+    if userns {
         data.extend_from_slice(b",userxattr");
     }
     if data.len() > MAX_OPTIONS {
@@ -124,7 +131,7 @@ pub(super) fn usable(state: &Path) -> std::result::Result<(), String> {
 
 /// Whether this process is in a user namespace other than the initial one
 /// (the initial one maps the whole id range onto itself).
-pub(super) fn in_user_namespace() -> bool {
+pub(crate) fn in_user_namespace() -> bool {
     match std::fs::read_to_string("/proc/self/uid_map") {
         Ok(map) => {
             let fields: Vec<&str> = map.split_whitespace().collect();

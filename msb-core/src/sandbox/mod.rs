@@ -5,4 +5,5 @@
 //!   concurrent processes (exclusive creation, locked updates, liveness that
 //!   tells a crashed sandbox from a running one).
 
+pub mod namespace;
 pub mod state;

@@ -1,0 +1,452 @@
+//! The child side of [`spawn`](super::spawn): everything that runs between
+//! `clone(2)` and `execve(2)`.
+//!
+//! # Async-signal-safety
+//!
+//! The parent may be multi-threaded (a tokio runtime, the test harness). After
+//! a `clone` without `CLONE_VM` only the calling thread exists in the child,
+//! and any lock another thread held at that instant (malloc's arenas, stdio,
+//! the `tracing` dispatcher, std's environment lock) stays locked forever.
+//! So this module must only make raw system calls:
+//!
+//! - no allocation (no `String`, `Vec`, `CString`, `format!`, `PathBuf`);
+//! - no `std::fs`, no `nix` helpers that build `CString`s internally, no
+//!   `tracing`, no panics (every fallible call goes through [`check`], which
+//!   reports and `_exit`s);
+//! - no glibc functions that use the thread's cached TID or locks
+//!   (`raise`, `pthread_*`, `getenv`, `execvp`).
+//!
+//! Everything the child needs (paths, mount data, argv, envp, the candidate
+//! program paths of a `PATH` search) was turned into `CString`s and pointer
+//! arrays by the parent before the clone ([`ChildPlan`]); the child's copy of
+//! the parent's memory holds them unchanged. Errors are written to the error
+//! pipe as 8 bytes (a step code and the errno), then the child `_exit`s.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+/// One filesystem operation of the child's setup, with its paths prepared.
+#[derive(Debug)]
+pub(super) enum Op {
+    /// `mount(2)`.
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
+    /// `mkdir(path, mode)`; an existing entry is fine.
+    Mkdir { path: CString, mode: libc::mode_t },
+    /// Creates an empty regular file (a bind-mount target); an existing
+    /// entry is fine.
+    Touch { path: CString },
+    /// `symlink(target, link)`; an existing entry is fine.
+    Symlink { target: CString, link: CString },
+}
+
+/// One step of the plan: the operation, and the name reported if it fails.
+#[derive(Debug)]
+pub(super) struct PlanStep {
+    pub(super) step: &'static str,
+    pub(super) op: Op,
+}
+
+/// Steps of the child that are not plan operations. Their code is their
+/// index here; plan operations are reported as [`PLAN_BASE`] + index.
+pub(super) const FIXED_STEPS: &[&str] = &[
+    "wait for id maps",  // 0
+    "setsid",            // 1
+    "make / private",    // 2
+    "chdir to new root", // 3
+    "pivot_root",        // 4
+    "detach old root",   // 5
+    "chdir /",           // 6
+    "sethostname",       // 7
+    "bring up lo",       // 8
+    "chdir to cwd",      // 9
+    "setgroups",         // 10
+    "setresgid",         // 11
+    "setresuid",         // 12
+    "redirect stdio",    // 13
+    "execve",            // 14
+    "reset signals",     // 15
+];
+const WAIT_MAPS: u32 = 0;
+const SETSID: u32 = 1;
+const ROOT_PRIVATE: u32 = 2;
+const CHDIR_ROOT: u32 = 3;
+const PIVOT: u32 = 4;
+const DETACH: u32 = 5;
+const CHDIR_SLASH: u32 = 6;
+const HOSTNAME: u32 = 7;
+const LO_UP: u32 = 8;
+const CHDIR_CWD: u32 = 9;
+const SETGROUPS: u32 = 10;
+const SETGID: u32 = 11;
+const SETUID: u32 = 12;
+const STDIO: u32 = 13;
+const EXEC: u32 = 14;
+const SIGNALS: u32 = 15;
+
+/// Step codes at or above this are plan operations.
+pub(super) const PLAN_BASE: u32 = 0x1_0000;
+
+/// Everything the child needs, prepared by the parent before the clone.
+#[derive(Debug)]
+pub(super) struct ChildPlan {
+    /// Write end of the CLOEXEC error pipe (≥ 3).
+    pub(super) err_fd: RawFd,
+    /// Read end of the id-map sync pipe (≥ 3), when a user namespace is made.
+    pub(super) sync_fd: Option<RawFd>,
+    /// Mount operations, in order, before `pivot_root`.
+    pub(super) ops: Vec<PlanStep>,
+    /// The new root (the merged directory, bind-mounted onto itself).
+    pub(super) new_root: CString,
+    pub(super) hostname: Vec<u8>,
+    pub(super) loopback_up: bool,
+    pub(super) cwd: CString,
+    /// Whether `setgroups(0, NULL)` may be called (not after `setgroups deny`).
+    pub(super) setgroups: bool,
+    pub(super) uid: libc::uid_t,
+    pub(super) gid: libc::gid_t,
+    /// Source fds (CLOEXEC, ≥ 3) for 0, 1 and 2; `None` inherits.
+    pub(super) stdio: [Option<RawFd>; 3],
+    /// Programs to try, in order (one, or the `PATH` candidates).
+    pub(super) programs: Vec<CString>,
+    /// NULL-terminated argv, pointing into the parent-owned `CString`s.
+    pub(super) argv: Vec<*const libc::c_char>,
+    /// NULL-terminated envp, likewise.
+    pub(super) envp: Vec<*const libc::c_char>,
+}
+
+/// Reports `code`/`errno` on the error pipe and exits. Async-signal-safe.
+fn fail(err_fd: RawFd, code: u32, errno: i32) -> ! {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&code.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: `msg` is a live 8-byte buffer; write(2) is async-signal-safe.
+    // A short or failed write only loses the detail: the parent then sees
+    // the pipe close with the child dead.
+    unsafe { libc::write(err_fd, msg.as_ptr().cast(), msg.len()) };
+    // SAFETY: _exit(2) runs no atexit handlers and flushes nothing.
+    unsafe { libc::_exit(127) }
+}
+
+/// The calling thread's errno. Async-signal-safe (a thread-local read).
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `Ok` for a non-negative return, otherwise reports `code` and exits.
+fn check(err_fd: RawFd, code: u32, ret: libc::c_long) {
+    if ret < 0 {
+        fail(err_fd, code, errno());
+    }
+}
+
+fn opt_ptr(s: &Option<CString>) -> *const libc::c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// Runs `op`; `EEXIST` counts as success for the create operations.
+fn run_op(op: &Op) -> Result<(), i32> {
+    let ret = match op {
+        Op::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => {
+            // SAFETY: every pointer is a NUL-terminated string owned by the
+            // plan (or NULL where mount(2) allows it).
+            unsafe {
+                libc::mount(
+                    opt_ptr(source),
+                    target.as_ptr(),
+                    opt_ptr(fstype),
+                    *flags,
+                    opt_ptr(data).cast(),
+                )
+            }
+        }
+        // SAFETY: `path` is NUL-terminated and owned by the plan.
+        Op::Mkdir { path, mode } => unsafe { libc::mkdir(path.as_ptr(), *mode) },
+        Op::Touch { path } => {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+            // SAFETY: `path` is NUL-terminated and owned by the plan.
+            let fd = unsafe { libc::open(path.as_ptr(), flags, 0o644 as libc::c_uint) };
+            if fd >= 0 {
+                // SAFETY: `fd` was just opened by us and is closed once.
+                unsafe { libc::close(fd) };
+            }
+            fd
+        }
+        // SAFETY: both strings are NUL-terminated and owned by the plan.
+        Op::Symlink { target, link } => unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) },
+    };
+    if ret < 0 {
+        let e = errno();
+        let create = matches!(op, Op::Mkdir { .. } | Op::Touch { .. } | Op::Symlink { .. });
+        if !(create && e == libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `struct ifreq` reduced to the name and the flags (40 bytes, as the kernel's).
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Sets `IFF_UP` on `lo` in the (new) network namespace.
+fn loopback_up() -> Result<(), i32> {
+    // SAFETY: a plain socket(2) call; the fd is closed below on every path.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(errno());
+    }
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: `req` has the layout of `struct ifreq` for the flag ioctls
+    // (name, then a union whose first member is `short ifru_flags`) and is
+    // 40 bytes, the size the kernel copies.
+    let mut ret =
+        unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req as *mut IfReqFlags) };
+    if ret == 0 {
+        req.flags |= libc::IFF_UP as libc::c_short;
+        // SAFETY: as above.
+        ret = unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req as *const IfReqFlags) };
+    }
+    let e = errno();
+    // SAFETY: `sock` is ours and closed once.
+    unsafe { libc::close(sock) };
+    if ret < 0 { Err(e) } else { Ok(()) }
+}
+
+/// The child: sets up the sandbox and execs the program as PID 1.
+///
+/// # Safety
+///
+/// Must only be called in the child of a `clone` without `CLONE_VM`, with a
+/// `plan` built by the parent before the clone. Never returns.
+pub(super) unsafe fn run(plan: &ChildPlan) -> ! {
+    let err = plan.err_fd;
+
+    // 0. Wait until the parent has written our uid/gid maps (or died).
+    if let Some(sync) = plan.sync_fd {
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: reads one byte into a live stack buffer.
+            let n = unsafe { libc::read(sync, (&mut byte as *mut u8).cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            // EOF: the parent gave up (or died) before writing the maps.
+            fail(
+                err,
+                WAIT_MAPS,
+                if n == 0 { libc::ECANCELED } else { errno() },
+            );
+        }
+        // SAFETY: our copy of the sync read end, closed once.
+        unsafe { libc::close(sync) };
+    }
+
+    // 1. Our own session: no controlling terminal of the host's, and the
+    //    host's job-control signals do not reach the sandbox.
+    // SAFETY: setsid(2) takes no arguments.
+    check(err, SETSID, unsafe { libc::setsid() }.into());
+
+    // 2. Nothing we mount may propagate to the host, nor host mounts to us.
+    // SAFETY: NUL-terminated literals; a propagation-only mount(2).
+    check(
+        err,
+        ROOT_PRIVATE,
+        unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        }
+        .into(),
+    );
+
+    // 3. The rootfs, /proc, /dev, /tmp: the prepared plan.
+    for (i, step) in plan.ops.iter().enumerate() {
+        if let Err(e) = run_op(&step.op) {
+            fail(err, PLAN_BASE + i as u32, e);
+        }
+    }
+
+    // 4. pivot_root(".", "."): the old root ends up stacked on top of the
+    //    new one at "/", and is lazily detached right away. No `.oldroot`
+    //    directory is needed (so a read-only rootfs works too) and no host
+    //    path stays reachable.
+    // SAFETY: `new_root` is NUL-terminated and owned by the plan.
+    check(
+        err,
+        CHDIR_ROOT,
+        unsafe { libc::chdir(plan.new_root.as_ptr()) }.into(),
+    );
+    // SAFETY: pivot_root has no libc wrapper; both arguments are literals.
+    check(err, PIVOT, unsafe {
+        libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
+    });
+    // SAFETY: a literal path; umount2(2).
+    check(
+        err,
+        DETACH,
+        unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }.into(),
+    );
+    // SAFETY: a literal path.
+    check(
+        err,
+        CHDIR_SLASH,
+        unsafe { libc::chdir(c"/".as_ptr()) }.into(),
+    );
+
+    // 5. Hostname (new UTS namespace) and loopback (new network namespace).
+    // SAFETY: pointer and length of a live buffer.
+    check(
+        err,
+        HOSTNAME,
+        unsafe { libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) }.into(),
+    );
+    if plan.loopback_up
+        && let Err(e) = loopback_up()
+    {
+        fail(err, LO_UP, e);
+    }
+
+    // SAFETY: `cwd` is NUL-terminated and owned by the plan.
+    check(
+        err,
+        CHDIR_CWD,
+        unsafe { libc::chdir(plan.cwd.as_ptr()) }.into(),
+    );
+
+    // 6. Drop to the requested ids (groups first: setgroups and setresgid
+    //    need the privileges setresuid gives up).
+    if plan.setgroups {
+        // SAFETY: an empty group list.
+        check(
+            err,
+            SETGROUPS,
+            unsafe { libc::setgroups(0, std::ptr::null()) }.into(),
+        );
+    }
+    // SAFETY: plain id arguments.
+    check(
+        err,
+        SETGID,
+        unsafe { libc::setresgid(plan.gid, plan.gid, plan.gid) }.into(),
+    );
+    // SAFETY: plain id arguments.
+    check(
+        err,
+        SETUID,
+        unsafe { libc::setresuid(plan.uid, plan.uid, plan.uid) }.into(),
+    );
+
+    // 7. stdio. The sources are CLOEXEC copies ≥ 3, so dup2 never clobbers
+    //    another source, and the copies vanish at exec; dup2 clears CLOEXEC
+    //    on 0, 1 and 2.
+    for (target, source) in plan.stdio.iter().enumerate() {
+        if let Some(source) = *source {
+            // SAFETY: both are valid descriptor numbers.
+            check(
+                err,
+                STDIO,
+                unsafe { libc::dup2(source, target as RawFd) }.into(),
+            );
+        }
+    }
+    // Nothing but 0, 1, 2 and the error pipe (CLOEXEC) crosses the exec:
+    // a non-CLOEXEC descriptor of the host (another library's) would be a
+    // way out of the rootfs. Kernels before 5.11 lack CLOSE_RANGE_CLOEXEC;
+    // there the descriptors our own process opened are all CLOEXEC anyway.
+    // SAFETY: close_range(2) only flags descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+
+    // 8. Signals: the parent blocked all of them around the clone (so that
+    //    none of its handlers can run here); give the program default
+    //    dispositions (Rust ignores SIGPIPE) and an empty mask.
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: `act` is a valid sigaction; the old action is not wanted.
+        // Signals glibc reserves (32, 33) refuse with EINVAL: ignored.
+        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+    }
+    // SAFETY: a stack sigset, emptied before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: installs the empty mask; no old mask wanted.
+    check(
+        err,
+        SIGNALS,
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) }.into(),
+    );
+
+    // 9. exec: the program replaces us, and so is PID 1. Try each candidate
+    //    like execvp: remember EACCES over ENOENT/ENOTDIR, stop on others.
+    let mut last = libc::ENOENT;
+    let mut saw_eacces = false;
+    for program in &plan.programs {
+        // SAFETY: `program` is NUL-terminated; argv and envp are
+        // NULL-terminated arrays of pointers into parent-owned CStrings,
+        // all alive in our copy of the parent's memory.
+        unsafe { libc::execve(program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+        last = errno();
+        match last {
+            libc::EACCES => saw_eacces = true,
+            libc::ENOENT | libc::ENOTDIR => {}
+            _ => break,
+        }
+    }
+    if saw_eacces && matches!(last, libc::ENOENT | libc::ENOTDIR) {
+        last = libc::EACCES;
+    }
+    fail(err, EXEC, last)
+}
+
+/// The step name for a code read from the error pipe.
+pub(super) fn step_name(code: u32, ops: &[PlanStep]) -> &'static str {
+    if code >= PLAN_BASE {
+        ops.get((code - PLAN_BASE) as usize)
+            .map_or("unknown step", |s| s.step)
+    } else {
+        FIXED_STEPS
+            .get(code as usize)
+            .copied()
+            .unwrap_or("unknown step")
+    }
+}
