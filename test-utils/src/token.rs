@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::images::{BuiltImage, PushedImage, block_on, client};
+use crate::images::{BuiltImage, PushedImage, block_on, client, send};
 use crate::registry::{FixtureError, TestRegistry};
 use crate::tls::openssl;
 
@@ -411,27 +411,6 @@ impl TokenAuthRegistry {
         )
         .await?;
         Ok(())
-    }
-}
-
-async fn send(
-    req: reqwest::RequestBuilder,
-    method: &str,
-    url: &str,
-    expect: &[u16],
-) -> Result<reqwest::Response, FixtureError> {
-    let http = |detail: String| FixtureError::Http {
-        method: method.into(),
-        url: url.into(),
-        detail,
-    };
-    let resp = req.send().await.map_err(|e| http(e.to_string()))?;
-    let status = resp.status().as_u16();
-    if expect.contains(&status) {
-        Ok(resp)
-    } else {
-        let body = resp.text().await.unwrap_or_default();
-        Err(http(format!("status {status}: {body}")))
     }
 }
 

@@ -938,7 +938,7 @@ fn with_auth(req: reqwest::RequestBuilder, registry: &TestRegistry) -> reqwest::
     }
 }
 
-async fn send(
+pub(crate) async fn send(
     req: reqwest::RequestBuilder,
     method: &str,
     url: &str,
