@@ -28,14 +28,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let hello = Hello {
-        versions: supported,
-        software: software.to_owned(),
-    };
-    writer
-        .write_frame(&Frame::new(CONNECTION_STREAM, Message::Hello(hello)))
-        .await?;
-    let peer = read_hello(reader).await?;
+    let peer = exchange_hellos(reader, writer, supported, software).await?;
     let Some(version) = supported.negotiate(peer.versions) else {
         return Err(Error::AgentVersionMismatch {
             local: supported,
@@ -80,14 +73,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let hello = Hello {
-        versions: supported,
-        software: software.to_owned(),
-    };
-    writer
-        .write_frame(&Frame::new(CONNECTION_STREAM, Message::Hello(hello)))
-        .await?;
-    let peer = read_hello(reader).await?;
+    let peer = exchange_hellos(reader, writer, supported, software).await?;
     let Some(version) = supported.negotiate(peer.versions) else {
         let refusal = RemoteError {
             kind: ErrorKind::IncompatibleVersion,
@@ -116,6 +102,28 @@ where
         .write_frame(&Frame::new(CONNECTION_STREAM, Message::Ready(ready)))
         .await?;
     Ok((version, peer))
+}
+
+/// Sends our `Hello`, then reads the peer's: both sides do the same, so
+/// neither waits for the other to speak first.
+async fn exchange_hellos<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    supported: VersionRange,
+    software: &str,
+) -> Result<Hello>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let hello = Hello {
+        versions: supported,
+        software: software.to_owned(),
+    };
+    writer
+        .write_frame(&Frame::new(CONNECTION_STREAM, Message::Hello(hello)))
+        .await?;
+    read_hello(reader).await
 }
 
 async fn read_hello<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Hello> {
