@@ -29,8 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::registry::{
-    FixtureError, READY_TIMEOUT, REGISTRY_BINARY, TestRegistry, die_with_parent, free_port,
-    read_tail, tail,
+    FixtureError, READY_TIMEOUT, TestRegistry, free_port, read_tail, spawn_registry, tail,
 };
 
 /// Where Debian's `openssl` package puts the command-line tool.
@@ -202,7 +201,6 @@ impl TlsRegistry {
         let mut last_err = None;
         for _ in 0..5 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let config = dir.path().join("config.yml");
             let yaml = format!(
                 "version: 0.1\n\
                  log:\n  level: warn\n  accesslog:\n    disabled: true\n\
@@ -214,24 +212,7 @@ impl TlsRegistry {
                 cert = ca.server_cert().display(),
                 key = ca.server_key().display(),
             );
-            std::fs::write(&config, yaml).map_err(FixtureError::io("writing registry config"))?;
-            let log_path = dir.path().join("registry.log");
-            let log = std::fs::File::create(&log_path)
-                .map_err(FixtureError::io("creating the registry log"))?;
-            let log2 = log
-                .try_clone()
-                .map_err(FixtureError::io("cloning the log"))?;
-            let mut command = Command::new(REGISTRY_BINARY);
-            command
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2);
-            die_with_parent(&mut command);
-            let mut child = command
-                .spawn()
-                .map_err(FixtureError::io("spawning docker-registry"))?;
+            let (mut child, log_path) = spawn_registry(dir.path(), &yaml)?;
             match wait_ready(&mut child, &probe, addr, &log_path) {
                 Ok(()) => {
                     return Ok(Self {

@@ -147,7 +147,6 @@ impl TestRegistry {
         for _ in 0..5 {
             let port = free_port()?;
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let config = dir.path().join("config.yml");
             let yaml = format!(
                 "version: 0.1\n\
                  log:\n  level: warn\n  accesslog:\n    disabled: true\n\
@@ -157,24 +156,7 @@ impl TestRegistry {
                  {auth}",
                 storage = storage.display(),
             );
-            std::fs::write(&config, yaml).map_err(FixtureError::io("writing registry config"))?;
-            let log_path = dir.path().join("registry.log");
-            let log = std::fs::File::create(&log_path)
-                .map_err(FixtureError::io("creating the registry log"))?;
-            let log2 = log
-                .try_clone()
-                .map_err(FixtureError::io("cloning the log"))?;
-            let mut command = Command::new(REGISTRY_BINARY);
-            command
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2);
-            die_with_parent(&mut command);
-            let mut child = command
-                .spawn()
-                .map_err(FixtureError::io("spawning docker-registry"))?;
+            let (mut child, log_path) = spawn_registry(dir.path(), &yaml)?;
             match wait_ready(&mut child, addr, &log_path, READY_TIMEOUT) {
                 Ok(()) => {
                     return Ok(TestRegistry {
@@ -261,6 +243,32 @@ impl Drop for TestRegistry {
         self.stop();
         // The TempDir field removes config and storage after this.
     }
+}
+
+/// Writes `yaml` as `dir/config.yml` and starts `docker-registry serve` on
+/// it, logging to `dir/registry.log`; the child dies with the spawning
+/// thread. Returns the child and the log's path.
+pub(crate) fn spawn_registry(dir: &Path, yaml: &str) -> Result<(Child, PathBuf), FixtureError> {
+    let config = dir.join("config.yml");
+    std::fs::write(&config, yaml).map_err(FixtureError::io("writing registry config"))?;
+    let log_path = dir.join("registry.log");
+    let log =
+        std::fs::File::create(&log_path).map_err(FixtureError::io("creating the registry log"))?;
+    let log2 = log
+        .try_clone()
+        .map_err(FixtureError::io("cloning the log"))?;
+    let mut command = Command::new(REGISTRY_BINARY);
+    command
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    die_with_parent(&mut command);
+    let child = command
+        .spawn()
+        .map_err(FixtureError::io("spawning docker-registry"))?;
+    Ok((child, log_path))
 }
 
 pub(crate) fn read_tail(path: &Path, lines: usize) -> String {
