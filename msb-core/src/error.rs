@@ -300,6 +300,31 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A requested resource limit cannot be enforced: `controller` is not
+    /// available on this host.
+    #[error("cgroup controller {controller} unavailable: {reason}")]
+    CgroupUnavailable {
+        /// The controller the limit needs.
+        controller: crate::sandbox::cgroup::Controller,
+        /// Why it cannot be used.
+        reason: crate::sandbox::cgroup::UnavailableReason,
+    },
+    /// The cgroup at `path` cannot be removed: processes are still in it.
+    #[error("cgroup {path} is still populated (pids {pids:?})")]
+    CgroupBusy {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The processes found in it.
+        pids: Vec<u32>,
+    },
+    /// A resource limit has an invalid value.
+    #[error("invalid cgroup limit {limit}: {reason}")]
+    InvalidCgroupLimit {
+        /// The field, e.g. `"cpus"`.
+        limit: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

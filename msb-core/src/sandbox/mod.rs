@@ -5,5 +5,6 @@
 //!   concurrent processes (exclusive creation, locked updates, liveness that
 //!   tells a crashed sandbox from a running one).
 
+pub mod cgroup;
 pub mod namespace;
 pub mod state;
