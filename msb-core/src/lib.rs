@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod error;
 pub mod image;
+#[cfg(feature = "krun")]
 pub mod krun;
 pub mod kvm;
 pub mod paths;

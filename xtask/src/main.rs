@@ -6,8 +6,10 @@
 //! cargo xtask bindgen [--check] regenerate (or verify) krun-sys/src/bindings.rs
 //! cargo xtask test             set up, then run the whole test suite (what CI runs)
 //! cargo xtask bench images     set up, then benchmark image pulls against skopeo + umoci
+//! cargo xtask build-agent      build the static guest agent, print its path
 //! ```
 
+mod agent;
 mod bench;
 mod bindgen;
 mod cmd;
@@ -59,6 +61,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the guest agent as a static binary and print its path.
+    BuildAgent,
 }
 
 fn main() {
@@ -70,6 +74,7 @@ fn main() {
         Command::Bindgen { check } => bindgen::run(&root, check).map_err(Into::into),
         Command::Test { cargo_args } => test::run(&root, &cargo_args),
         Command::Bench { suite, args } => bench::run(&root, &suite, &args),
+        Command::BuildAgent => agent::run(&root),
     };
     if let Err(err) = outcome {
         eprintln!("error: {err}");

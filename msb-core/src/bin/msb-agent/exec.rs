@@ -1,0 +1,227 @@
+//! One exec stream: start a process, forward its output under the stream's
+//! send window, report how it ended.
+
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use msb_core::agent::{
+    ErrorKind, ExecStart, ExitStatus, Message, MessageKind, SendWindow, StdinMode,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use crate::reaper::SharedRegistry;
+use crate::writer::Out;
+
+/// The most output bytes read (and sent) at once.
+const CHUNK: usize = 64 * 1024;
+
+/// What the dispatcher forwards to an exec stream.
+#[derive(Debug)]
+pub enum Control {
+    /// The host granted more credit.
+    Window(u32),
+    /// Deliver a signal to the process.
+    Signal(i32),
+    /// SIGKILL the process and its process group.
+    Kill,
+    /// The host abandoned the stream: send nothing more on it.
+    Reset,
+}
+
+/// Runs the exec on `stream` to completion.
+pub async fn run(
+    stream: u32,
+    req: ExecStart,
+    registry: SharedRegistry,
+    out: mpsc::Sender<Out>,
+    mut ctl: mpsc::UnboundedReceiver<Control>,
+) {
+    let send = |message: Message| {
+        let out = out.clone();
+        async move {
+            let _ = out.send(Out::Frame(stream, message)).await;
+        }
+    };
+
+    let (child, pid, status_rx, mut stdout, mut stderr) = match start(&req) {
+        Ok(mut child) => {
+            let pid = child.id() as libc::pid_t;
+            // No await between spawn and register: see the reaper's docs.
+            let status_rx = registry.borrow_mut().register(pid);
+            let pipes = (|| -> io::Result<_> {
+                let o = pipe::Receiver::from_owned_fd(child.stdout.take().expect("piped").into())?;
+                let e = pipe::Receiver::from_owned_fd(child.stderr.take().expect("piped").into())?;
+                Ok((o, e))
+            })();
+            match pipes {
+                Ok((o, e)) => (child, pid, status_rx, o, e),
+                Err(err) => {
+                    registry.borrow().signal(pid, libc::SIGKILL, true);
+                    send(error_message(ErrorKind::Io, &err, "output pipes")).await;
+                    return;
+                }
+            }
+        }
+        Err((kind, err)) => {
+            send(error_message(kind, &err, &req.argv[0])).await;
+            return;
+        }
+    };
+    // The reaper waits for the child; the std handle only held the pipes.
+    drop(child);
+
+    send(Message::ExecStarted { pid: pid as u32 }).await;
+
+    let mut window = SendWindow::new();
+    let (mut out_open, mut err_open, mut ctl_open, mut reset) = (true, true, true, false);
+    let mut buf_out = vec![0u8; CHUNK];
+    let mut buf_err = vec![0u8; CHUNK];
+    let mut status_rx = status_rx;
+    let mut status = None;
+    loop {
+        if !out_open && !err_open && status.is_some() {
+            break;
+        }
+        // Reading no more than the credit keeps unsendable output in the
+        // pipe, so a slow host stalls this process and nothing else. After a
+        // Reset the output is discarded without credit.
+        let credit = if reset { CHUNK } else { window.sendable(CHUNK) };
+        tokio::select! {
+            r = stdout.read(&mut buf_out[..credit]), if out_open && credit > 0 => match r {
+                Ok(n) if n > 0 => {
+                    if !reset {
+                        window.consume(n);
+                        let _ = out.send(Out::Data(MessageKind::Stdout, stream, buf_out[..n].to_vec())).await;
+                    }
+                }
+                _ => out_open = false,
+            },
+            r = stderr.read(&mut buf_err[..credit]), if err_open && credit > 0 => match r {
+                Ok(n) if n > 0 => {
+                    if !reset {
+                        window.consume(n);
+                        let _ = out.send(Out::Data(MessageKind::Stderr, stream, buf_err[..n].to_vec())).await;
+                    }
+                }
+                _ => err_open = false,
+            },
+            s = &mut status_rx, if status.is_none() => {
+                // A dropped sender would mean the reaper lost the child: report
+                // it as killed rather than hang.
+                status = Some(s.unwrap_or(libc::SIGKILL));
+            }
+            c = ctl.recv(), if ctl_open => match c {
+                Some(Control::Window(increment)) => {
+                    if window.grant(stream, increment).is_err() && !reset {
+                        send(Message::Error(msb_core::agent::RemoteError {
+                            kind: ErrorKind::ProtocolViolation,
+                            errno: 0,
+                            message: format!("window update of {increment} overflows the window"),
+                        })).await;
+                        reset = true;
+                    }
+                }
+                Some(Control::Signal(sig)) => {
+                    registry.borrow().signal(pid, sig, false);
+                }
+                Some(Control::Kill) => {
+                    registry.borrow().signal(pid, libc::SIGKILL, true);
+                }
+                Some(Control::Reset) => reset = true,
+                None => ctl_open = false,
+            },
+        }
+    }
+    if !reset {
+        let raw = status.unwrap_or(libc::SIGKILL);
+        send(Message::Exited(exit_status(raw))).await;
+    }
+}
+
+type Started = std::process::Child;
+
+/// Spawns the process; on failure, the typed error to report.
+fn start(req: &ExecStart) -> Result<Started, (ErrorKind, io::Error)> {
+    let unsupported = |what: &str| {
+        (
+            ErrorKind::Unsupported,
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{what} is not supported yet"),
+            ),
+        )
+    };
+    if req.tty.is_some() {
+        return Err(unsupported("a tty"));
+    }
+    if req.user.is_some() {
+        return Err(unsupported("running as another user"));
+    }
+    if req.stdin != StdinMode::Null {
+        return Err(unsupported("piped stdin"));
+    }
+    let Some((program, args)) = req.argv.split_first() else {
+        return Err((
+            ErrorKind::InvalidArgument,
+            io::Error::new(io::ErrorKind::InvalidInput, "empty argv"),
+        ));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = &req.cwd {
+        if !Path::new(cwd).is_dir() {
+            return Err((
+                ErrorKind::BadCwd,
+                io::Error::new(io::ErrorKind::NotFound, format!("{cwd} is not a directory")),
+            ));
+        }
+        cmd.current_dir(cwd);
+    }
+    cmd.spawn().map_err(|e| (spawn_error_kind(&e), e))
+}
+
+fn spawn_error_kind(e: &io::Error) -> ErrorKind {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => ErrorKind::NotFound,
+        Some(libc::EACCES) | Some(libc::EPERM) => ErrorKind::PermissionDenied,
+        Some(libc::ENOEXEC) => ErrorKind::NotExecutable,
+        Some(libc::ENOTDIR) => ErrorKind::NotADirectory,
+        Some(libc::EISDIR) => ErrorKind::IsADirectory,
+        Some(libc::EAGAIN) | Some(libc::ENOMEM) | Some(libc::EMFILE) => {
+            ErrorKind::ResourceExhausted
+        }
+        _ => ErrorKind::Io,
+    }
+}
+
+fn error_message(kind: ErrorKind, err: &io::Error, what: &str) -> Message {
+    Message::Error(msb_core::agent::RemoteError {
+        kind,
+        errno: err.raw_os_error().unwrap_or(0),
+        message: format!("{what}: {err}"),
+    })
+}
+
+/// A raw wait status as the protocol's [`ExitStatus`].
+pub fn exit_status(raw: libc::c_int) -> ExitStatus {
+    let status = std::process::ExitStatus::from_raw(raw);
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(signal)) => ExitStatus::Signal {
+            signal,
+            core_dumped: status.core_dumped(),
+        },
+        // Stopped/continued statuses are never reported (no WUNTRACED).
+        (None, None) => ExitStatus::Code(-1),
+    }
+}
