@@ -7,6 +7,7 @@
 //! builds). Needs root (or unprivileged user namespaces), as
 //! `tests/namespace.rs` does.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -15,10 +16,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use msb_core::agent::{
-    ExecStart, ExitStatus, Frame, FrameReader, FrameWriter, Message, SUPPORTED_VERSIONS, StdinMode,
-    host_handshake,
+    ExecStart, ExitStatus, Frame, FrameReader, FrameWriter, INITIAL_WINDOW, Message, MessageKind,
+    Ready, RecvWindow, SUPPORTED_VERSIONS, SendWindow, StdinMode, host_handshake,
 };
 use msb_core::sandbox::namespace::{NamespaceSpec, SandboxRoot, Stdio, spawn};
+use tokio::sync::{Mutex, Notify};
 use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(20);
@@ -84,13 +86,17 @@ fn rootfs(dir: &Path, agent: &Path) -> PathBuf {
 }
 
 fn exec(argv: &[&str]) -> Message {
+    exec_with(argv, StdinMode::Null)
+}
+
+fn exec_with(argv: &[&str], stdin: StdinMode) -> Message {
     Message::ExecStart(ExecStart {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![("PATH".into(), "/bin".into())],
         cwd: Some("/".into()),
         user: None,
         tty: None,
-        stdin: StdinMode::Null,
+        stdin,
     })
 }
 
@@ -108,34 +114,8 @@ async fn agent_runs_execs_as_pid1_and_shuts_down() {
         println!("skipped: /bin/busybox (Debian busybox-static) is not installed");
         return;
     }
-    let started = Instant::now();
-    let agent = tokio::task::spawn_blocking(agent_binary).await.unwrap();
-    eprintln!(
-        "agent binary ready in {:.1?}: {}",
-        started.elapsed(),
-        agent.display()
-    );
-
     let dir = tempfile::tempdir().unwrap();
-    let tree = rootfs(dir.path(), &agent);
-    let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut spec = NamespaceSpec::new(SandboxRoot::Directory(tree), ["/.msb/agent"]);
-    spec.env.push(("MSB_AGENT_FD".into(), "0".into()));
-    spec.stdin = Stdio::Fd(OwnedFd::from(guest));
-    spec.stdout = Stdio::Null;
-    let mut child = spawn(spec).expect("spawn the agent as PID 1");
-
-    host.set_nonblocking(true).unwrap();
-    let host = tokio::net::UnixStream::from_std(host).unwrap();
-    let (r, w) = host.into_split();
-    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-    let ready = timeout(
-        STEP,
-        host_handshake(&mut reader, &mut writer, SUPPORTED_VERSIONS, "agent-e2e"),
-    )
-    .await
-    .expect("handshake timed out")
-    .expect("handshake");
+    let (mut child, mut reader, mut writer, ready) = start_agent(dir.path()).await;
     assert_eq!(ready.version, SUPPORTED_VERSIONS.max);
     assert!(ready.agent_version.starts_with("msb-agent/"), "{ready:?}");
     assert!(!ready.timings.is_empty(), "{ready:?}");
@@ -237,4 +217,298 @@ where
         }
     }
     out
+}
+
+type HostReader = FrameReader<tokio::net::unix::OwnedReadHalf>;
+type HostWriter = FrameWriter<tokio::net::unix::OwnedWriteHalf>;
+
+/// Starts the agent as PID 1 of a fresh sandbox and does the handshake.
+async fn start_agent(
+    dir: &Path,
+) -> (
+    msb_core::sandbox::namespace::NamespaceChild,
+    HostReader,
+    HostWriter,
+    Ready,
+) {
+    let agent = tokio::task::spawn_blocking(agent_binary).await.unwrap();
+    let tree = rootfs(dir, &agent);
+    let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut spec = NamespaceSpec::new(SandboxRoot::Directory(tree), ["/.msb/agent"]);
+    spec.env.push(("MSB_AGENT_FD".into(), "0".into()));
+    spec.stdin = Stdio::Fd(OwnedFd::from(guest));
+    spec.stdout = Stdio::Null;
+    let child = spawn(spec).expect("spawn the agent as PID 1");
+    host.set_nonblocking(true).unwrap();
+    let host = tokio::net::UnixStream::from_std(host).unwrap();
+    let (r, w) = host.into_split();
+    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+    let ready = timeout(
+        STEP,
+        host_handshake(&mut reader, &mut writer, SUPPORTED_VERSIONS, "agent-e2e"),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("handshake");
+    (child, reader, writer, ready)
+}
+
+/// What a piped exec produced.
+#[derive(Debug, Default)]
+struct Piped {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exited: Option<ExitStatus>,
+    /// Whether the agent sent `StdinClosed`.
+    stdin_closed: bool,
+    /// Stdin bytes the host sent before stopping.
+    sent: usize,
+}
+
+/// A deterministic byte pattern (xorshift), so order and loss both show.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Feeds `input` to the exec on `stream` (already started with a piped
+/// stdin) while reading its output, as a well-behaved host: stdin never
+/// exceeds the credit the agent granted (waiting for `WindowUpdate`), stdout
+/// and stderr credit is returned with `WindowUpdate` as output is consumed,
+/// and sending stops at `StdinClosed`. Sends `StdinClose` after the input
+/// when `close`. Returns once the exec has exited.
+async fn pipe_through(
+    reader: &mut HostReader,
+    writer: &mut HostWriter,
+    stream: u32,
+    input: &[u8],
+    close: bool,
+) -> Piped {
+    let writer = Mutex::new(writer);
+    let credit = RefCell::new(SendWindow::new());
+    let stop = Cell::new(false);
+    let wake = Notify::new();
+    let sent = Cell::new(0usize);
+
+    let feed = async {
+        let mut offset = 0;
+        while offset < input.len() && !stop.get() {
+            let n = credit
+                .borrow()
+                .sendable((input.len() - offset).min(256 * 1024));
+            if n == 0 {
+                wake.notified().await;
+                continue;
+            }
+            credit.borrow_mut().consume(n);
+            writer
+                .lock()
+                .await
+                .write_data(MessageKind::Stdin, stream, &input[offset..offset + n])
+                .await
+                .unwrap();
+            offset += n;
+            sent.set(offset);
+        }
+        if close && !stop.get() {
+            writer
+                .lock()
+                .await
+                .write_frame(&Frame::new(stream, Message::StdinClose))
+                .await
+                .unwrap();
+        }
+    };
+
+    let drain = async {
+        let mut piped = Piped::default();
+        let mut window = RecvWindow::new();
+        while piped.exited.is_none() {
+            let frame = reader.expect_frame("piped exec output").await.unwrap();
+            assert_eq!(frame.stream, stream, "{frame:?}");
+            let n = frame.message.flow_len();
+            if n > 0 {
+                // The agent must respect the credit we gave it.
+                window
+                    .on_data(stream, n)
+                    .expect("agent overran stdout credit");
+                if let Some(increment) = window.on_consumed(n) {
+                    writer
+                        .lock()
+                        .await
+                        .write_frame(&Frame::new(stream, Message::WindowUpdate { increment }))
+                        .await
+                        .unwrap();
+                }
+            }
+            match frame.message {
+                Message::ExecStarted { .. } => {}
+                Message::Stdout(b) => piped.stdout.extend(b),
+                Message::Stderr(b) => piped.stderr.extend(b),
+                Message::WindowUpdate { increment } => {
+                    assert!(!piped.stdin_closed, "WindowUpdate after StdinClosed");
+                    credit.borrow_mut().grant(stream, increment).unwrap();
+                    wake.notify_one();
+                }
+                Message::StdinClosed => {
+                    assert!(!piped.stdin_closed, "StdinClosed twice");
+                    piped.stdin_closed = true;
+                    stop.set(true);
+                    wake.notify_one();
+                }
+                Message::Exited(s) => piped.exited = Some(s),
+                other => panic!("unexpected {other:?} on stream {stream}"),
+            }
+        }
+        stop.set(true);
+        wake.notify_one();
+        piped
+    };
+
+    let ((), mut piped) = tokio::join!(feed, drain);
+    piped.sent = sent.get();
+    piped
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn agent_pipes_stdin_under_flow_control() {
+    if !Path::new("/bin/busybox").exists() {
+        println!("skipped: /bin/busybox (Debian busybox-static) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut reader, mut writer, _) = start_agent(dir.path()).await;
+    let long = Duration::from_secs(60);
+
+    // 16 MiB through cat: complete and in order, both directions under
+    // credit.
+    let input = pattern(16 << 20);
+    writer
+        .write_frame(&Frame::new(
+            1,
+            exec_with(&["/bin/busybox", "cat"], StdinMode::Pipe),
+        ))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let p = timeout(
+        long,
+        pipe_through(&mut reader, &mut writer, 1, &input, true),
+    )
+    .await
+    .expect("16 MiB through cat timed out");
+    eprintln!("16 MiB through cat in {:.1?}", started.elapsed());
+    assert_eq!(p.exited, Some(ExitStatus::Code(0)), "stderr {:?}", p.stderr);
+    assert!(!p.stdin_closed);
+    assert_eq!(p.stdout.len(), input.len());
+    assert!(p.stdout == input, "cat's output differs from its input");
+
+    // head stops reading after 10 bytes: StdinClosed, exit 0, no hang.
+    let input = pattern(4 << 20);
+    writer
+        .write_frame(&Frame::new(
+            3,
+            exec_with(&["/bin/busybox", "head", "-c", "10"], StdinMode::Pipe),
+        ))
+        .await
+        .unwrap();
+    let p = timeout(
+        STEP,
+        pipe_through(&mut reader, &mut writer, 3, &input, false),
+    )
+    .await
+    .expect("head timed out");
+    assert!(p.stdin_closed, "{:?} sent {}", p.exited, p.sent);
+    assert_eq!(p.exited, Some(ExitStatus::Code(0)));
+    assert_eq!(p.stdout, input[..10]);
+    assert!(p.sent < input.len(), "sent all {} bytes", p.sent);
+
+    // StdinClose is EOF: cat exits 0 with what it got.
+    writer
+        .write_frame(&Frame::new(
+            5,
+            exec_with(&["/bin/busybox", "cat"], StdinMode::Pipe),
+        ))
+        .await
+        .unwrap();
+    let p = timeout(
+        STEP,
+        pipe_through(&mut reader, &mut writer, 5, b"hello\n", true),
+    )
+    .await
+    .expect("cat after StdinClose timed out");
+    assert_eq!(p.stdout, b"hello\n");
+    assert_eq!(p.exited, Some(ExitStatus::Code(0)));
+    assert!(!p.stdin_closed);
+
+    // Stdin past the granted window is an error on that stream only: the
+    // process (which never reads) is ended and the agent keeps serving.
+    writer
+        .write_frame(&Frame::new(
+            7,
+            exec_with(&["/bin/busybox", "sleep", "30"], StdinMode::Pipe),
+        ))
+        .await
+        .unwrap();
+    let over = pattern(INITIAL_WINDOW as usize);
+    writer
+        .write_data(MessageKind::Stdin, 7, &over)
+        .await
+        .unwrap();
+    writer
+        .write_data(MessageKind::Stdin, 7, b"x")
+        .await
+        .unwrap();
+    let error = timeout(STEP, async {
+        loop {
+            let frame = reader.expect_frame("Error").await.unwrap();
+            assert_eq!(frame.stream, 7, "{frame:?}");
+            match frame.message {
+                Message::ExecStarted { .. } | Message::WindowUpdate { .. } => {}
+                Message::Error(e) => break e,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no Error for a window overrun");
+    assert_eq!(
+        error.kind,
+        msb_core::agent::ErrorKind::ProtocolViolation,
+        "{error:?}"
+    );
+    writer
+        .write_frame(&Frame::new(0, Message::Ping { nonce: 42 }))
+        .await
+        .unwrap();
+    let pong = timeout(STEP, reader.expect_frame("Pong"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong.message, Message::Pong { nonce: 42 });
+
+    writer
+        .write_frame(&Frame::new(0, Message::Shutdown { grace_ms: 1000 }))
+        .await
+        .unwrap();
+    let end = timeout(STEP, reader.read_frame())
+        .await
+        .expect("EOF timed out");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }

@@ -1,5 +1,6 @@
-//! One exec stream: start a process, forward its output under the stream's
-//! send window, report how it ended.
+//! One exec stream: start a process, feed its stdin under the stream's
+//! receive window (see [`crate::stdin`]), forward its output under the
+//! stream's send window, report how it ended.
 
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -7,13 +8,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use msb_core::agent::{
-    ErrorKind, ExecStart, ExitStatus, Message, MessageKind, SendWindow, StdinMode,
+    ErrorKind, ExecStart, ExitStatus, Message, MessageKind, RecvWindow, RemoteError, SendWindow,
+    StdinMode,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::reaper::SharedRegistry;
+use crate::stdin::{Event, StdinPipe};
 use crate::writer::Out;
 
 /// The most output bytes read (and sent) at once.
@@ -30,6 +33,24 @@ pub enum Control {
     Kill,
     /// The host abandoned the stream: send nothing more on it.
     Reset,
+    /// Bytes for the process's stdin.
+    Stdin(Vec<u8>),
+    /// The host has no more stdin: close the pipe once it is written.
+    StdinClose,
+}
+
+/// Where a piped stdin stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StdinState {
+    /// Taking `Stdin` frames.
+    Open,
+    /// The host sent `StdinClose`; the writer is flushing.
+    Closing,
+    /// Everything was written and the pipe closed.
+    Done,
+    /// The process stopped reading (or the stream ended); `StdinClosed` was
+    /// sent if due, and further `Stdin` is dropped.
+    Dead,
 }
 
 /// Runs the exec on `stream` to completion.
@@ -47,7 +68,7 @@ pub async fn run(
         }
     };
 
-    let (child, pid, status_rx, mut stdout, mut stderr) = match start(&req) {
+    let (child, pid, status_rx, mut stdout, mut stderr, stdin_pipe) = match start(&req) {
         Ok(mut child) => {
             let pid = child.id() as libc::pid_t;
             // No await between spawn and register: see the reaper's docs.
@@ -55,10 +76,14 @@ pub async fn run(
             let pipes = (|| -> io::Result<_> {
                 let o = pipe::Receiver::from_owned_fd(child.stdout.take().expect("piped").into())?;
                 let e = pipe::Receiver::from_owned_fd(child.stderr.take().expect("piped").into())?;
-                Ok((o, e))
+                let i = match child.stdin.take() {
+                    Some(i) => Some(pipe::Sender::from_owned_fd(i.into())?),
+                    None => None,
+                };
+                Ok((o, e, i))
             })();
             match pipes {
-                Ok((o, e)) => (child, pid, status_rx, o, e),
+                Ok((o, e, i)) => (child, pid, status_rx, o, e, i),
                 Err(err) => {
                     registry.borrow().signal(pid, libc::SIGKILL, true);
                     send(error_message(ErrorKind::Io, &err, "output pipes")).await;
@@ -75,6 +100,21 @@ pub async fn run(
     drop(child);
 
     send(Message::ExecStarted { pid: pid as u32 }).await;
+
+    // Piped stdin: the writer task, its events, the receive window.
+    let (stdin, mut stdin_events) = match stdin_pipe {
+        Some(p) => {
+            let (p, rx) = StdinPipe::start(p);
+            (Some(p), Some(rx))
+        }
+        None => (None, None),
+    };
+    let mut stdin_state = if stdin.is_some() {
+        StdinState::Open
+    } else {
+        StdinState::Dead
+    };
+    let mut recv_window = RecvWindow::new();
 
     let mut window = SendWindow::new();
     let (mut out_open, mut err_open, mut ctl_open, mut reset) = (true, true, true, false);
@@ -131,10 +171,74 @@ pub async fn run(
                 Some(Control::Kill) => {
                     registry.borrow().signal(pid, libc::SIGKILL, true);
                 }
-                Some(Control::Reset) => reset = true,
+                Some(Control::Reset) => {
+                    reset = true;
+                    if let Some(p) = &stdin {
+                        p.abort();
+                    }
+                    stdin_state = StdinState::Dead;
+                }
+                Some(Control::Stdin(data)) => {
+                    // Dropped unless the pipe is open: null stdin, after
+                    // StdinClose, or after the process stopped reading.
+                    if let (StdinState::Open, Some(p)) = (stdin_state, &stdin) {
+                        if recv_window.on_data(stream, data.len()).is_ok() {
+                            p.push(&data);
+                        } else {
+                            // A violation for this stream only: report it,
+                            // end the stream and its process.
+                            p.abort();
+                            stdin_state = StdinState::Dead;
+                            if !reset {
+                                send(Message::Error(RemoteError {
+                                    kind: ErrorKind::ProtocolViolation,
+                                    errno: 0,
+                                    message: format!(
+                                        "{} bytes of stdin exceed the stream's window",
+                                        data.len()
+                                    ),
+                                })).await;
+                                reset = true;
+                            }
+                            registry.borrow().signal(pid, libc::SIGKILL, true);
+                        }
+                    }
+                }
+                Some(Control::StdinClose) => {
+                    if let (StdinState::Open, Some(p)) = (stdin_state, &stdin) {
+                        p.close();
+                        stdin_state = StdinState::Closing;
+                    }
+                }
                 None => ctl_open = false,
             },
+            ev = recv_event(&mut stdin_events), if stdin_events.is_some() => {
+                if let Some(message) = on_stdin_event(ev, &mut stdin_state, &mut recv_window, &mut stdin_events) && !reset {
+                    send(message).await;
+                }
+            }
         }
+    }
+    // Events the writer queued before the process ended.
+    while let Some(rx) = stdin_events.as_mut() {
+        let ev = rx.try_recv().ok();
+        if ev.is_none() {
+            break;
+        }
+        if let Some(message) =
+            on_stdin_event(ev, &mut stdin_state, &mut recv_window, &mut stdin_events)
+            && !reset
+        {
+            send(message).await;
+        }
+    }
+    if let Some(p) = &stdin {
+        p.abort();
+    }
+    // The process ended without taking all of its stdin: tell the host to
+    // stop sending, once.
+    if matches!(stdin_state, StdinState::Open | StdinState::Closing) && !reset {
+        send(Message::StdinClosed).await;
     }
     if !reset {
         let raw = status.unwrap_or(libc::SIGKILL);
@@ -161,9 +265,6 @@ fn start(req: &ExecStart) -> Result<Started, (ErrorKind, io::Error)> {
     if req.user.is_some() {
         return Err(unsupported("running as another user"));
     }
-    if req.stdin != StdinMode::Null {
-        return Err(unsupported("piped stdin"));
-    }
     let Some((program, args)) = req.argv.split_first() else {
         return Err((
             ErrorKind::InvalidArgument,
@@ -174,7 +275,10 @@ fn start(req: &ExecStart) -> Result<Started, (ErrorKind, io::Error)> {
     cmd.args(args)
         .env_clear()
         .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(match req.stdin {
+            StdinMode::Null => Stdio::null(),
+            StdinMode::Pipe => Stdio::piped(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -188,6 +292,42 @@ fn start(req: &ExecStart) -> Result<Started, (ErrorKind, io::Error)> {
         cmd.current_dir(cwd);
     }
     cmd.spawn().map_err(|e| (spawn_error_kind(&e), e))
+}
+
+/// The next writer event; `None` once the writer is gone.
+async fn recv_event(events: &mut Option<mpsc::UnboundedReceiver<Event>>) -> Option<Event> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a writer event; returns the frame to send for it, if any.
+fn on_stdin_event(
+    ev: Option<Event>,
+    state: &mut StdinState,
+    window: &mut RecvWindow,
+    events: &mut Option<mpsc::UnboundedReceiver<Event>>,
+) -> Option<Message> {
+    match ev {
+        Some(Event::Written(n)) => {
+            let increment = window.on_consumed(n)?;
+            (*state == StdinState::Open).then_some(Message::WindowUpdate { increment })
+        }
+        Some(Event::Done) => {
+            *events = None;
+            if *state == StdinState::Closing {
+                *state = StdinState::Done;
+            }
+            None
+        }
+        Some(Event::Broken) | None => {
+            *events = None;
+            let due = matches!(*state, StdinState::Open | StdinState::Closing);
+            *state = StdinState::Dead;
+            due.then_some(Message::StdinClosed)
+        }
+    }
 }
 
 fn spawn_error_kind(e: &io::Error) -> ErrorKind {

@@ -8,8 +8,9 @@
 //! - handshake: `Hello`, then `Ready` with boot timings (measured from the
 //!   start of `main`);
 //! - `ExecStart`: one task per stream ([`exec`]); output is forwarded under
-//!   the stream's send window; `Signal`, `Kill`, `Reset` and `WindowUpdate`
-//!   reach the stream's task;
+//!   the stream's send window; `Signal`, `Kill`, `Reset`, `WindowUpdate`,
+//!   `Stdin` and `StdinClose` reach the stream's task (piped stdin is written
+//!   by a per-stream writer under the stream's receive window);
 //! - `Ping` → `Pong`;
 //! - `Shutdown{grace_ms}`: SIGTERM to every process (as PID 1: `kill(-1)`),
 //!   SIGKILL after the grace period, flush, exit 0. The end of the channel
@@ -17,13 +18,14 @@
 //! - zombies are reaped by one reaper ([`reaper`]) that never steals the
 //!   status of a process an exec is waiting for.
 //!
-//! Not yet: piped stdin, ttys, `user`, file operations (all answered
+//! Not yet: ttys, `user`, file operations (all answered
 //! `Error{Unsupported}`), mounts and power-off for the microVM backend, sync
 //! on shutdown, forwarding signals sent to the agent itself, vsock.
 
 mod channel;
 mod exec;
 mod reaper;
+mod stdin;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -172,7 +174,9 @@ async fn serve(started: Instant) -> i32 {
                 to_stream(&mut streams, Control::Reset);
                 streams.remove(&stream);
             }
-            // Stdin is never piped yet; nothing else is meaningful from the host.
+            Message::Stdin(data) => to_stream(&mut streams, Control::Stdin(data)),
+            Message::StdinClose => to_stream(&mut streams, Control::StdinClose),
+            // Nothing else is meaningful from the host.
             _ => {}
         }
     };
