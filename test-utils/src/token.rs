@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::images::{BuiltImage, PushedImage, block_on, client, send};
+use crate::images::{Auth, BuiltImage, PushedImage, Target, block_on, client, send};
 use crate::registry::{FixtureError, TestRegistry};
 use crate::tls::openssl;
 
@@ -296,50 +296,12 @@ impl TokenAuthRegistry {
             .fetch_token(&format!("repository:{name}:pull,push"), Some(self.admin()))
             .await?;
         let bearer = format!("Bearer {token}");
-        let client = client()?;
-        for layer in &image.layers {
-            self.upload_blob(&client, &bearer, name, &layer.blob, &layer.digest)
-                .await?;
-        }
-        self.upload_blob(&client, &bearer, name, &image.config, &image.config_digest)
-            .await?;
-        let url = format!("{}/v2/{name}/manifests/{tag}", self.registry.url());
-        let resp = send(
-            client
-                .put(&url)
-                .header("Authorization", &bearer)
-                .header("Content-Type", &image.manifest_media_type)
-                .body(image.manifest.clone()),
-            "PUT",
-            &url,
-            &[201],
-        )
-        .await?;
-        let digest = resp
-            .headers()
-            .get("Docker-Content-Digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .ok_or_else(|| FixtureError::Other(format!("PUT {url}: no Docker-Content-Digest")))?;
-        if digest != image.manifest_digest {
-            return Err(FixtureError::Other(format!(
-                "registry digest {digest} != pushed manifest sha256 {}",
-                image.manifest_digest
-            )));
-        }
-        Ok(PushedImage {
-            name: name.into(),
-            tag: tag.into(),
-            reference: self.registry.reference(name, tag),
-            manifest_digest: digest,
-            manifest_media_type: image.manifest_media_type.clone(),
-            manifest_size: image.manifest.len() as u64,
-            config_digest: image.config_digest.clone(),
-            layer_digests: image.layers.iter().map(|l| l.digest.clone()).collect(),
-            diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
-            layer_sizes: image.layers.iter().map(|l| l.blob.len() as u64).collect(),
-            built: image.clone(),
-        })
+        let base = self.registry.url();
+        let target = Target {
+            base: &base,
+            auth: Auth::Header(&bearer),
+        };
+        image.push_to(target, &self.registry, name, tag).await
     }
 
     /// [`TokenAuthRegistry::push`] from synchronous code.
@@ -350,67 +312,6 @@ impl TokenAuthRegistry {
         tag: &str,
     ) -> Result<PushedImage, FixtureError> {
         block_on(self.push(image, name, tag))
-    }
-
-    async fn upload_blob(
-        &self,
-        client: &reqwest::Client,
-        bearer: &str,
-        name: &str,
-        blob: &[u8],
-        digest: &str,
-    ) -> Result<(), FixtureError> {
-        let base = self.registry.url();
-        let head_url = format!("{base}/v2/{name}/blobs/{digest}");
-        let head = client
-            .head(&head_url)
-            .header("Authorization", bearer)
-            .send()
-            .await
-            .map_err(|e| FixtureError::Http {
-                method: "HEAD".into(),
-                url: head_url.clone(),
-                detail: e.to_string(),
-            })?;
-        if head.status().is_success() {
-            return Ok(());
-        }
-        let post_url = format!("{base}/v2/{name}/blobs/uploads/");
-        let resp = send(
-            client
-                .post(&post_url)
-                .header("Authorization", bearer)
-                .header("Content-Length", "0"),
-            "POST",
-            &post_url,
-            &[202],
-        )
-        .await?;
-        let location = resp
-            .headers()
-            .get("Location")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| FixtureError::Other(format!("POST {post_url}: no Location")))?;
-        let mut put_url = if location.starts_with('/') {
-            format!("{base}{location}")
-        } else {
-            location.to_string()
-        };
-        put_url.push(if put_url.contains('?') { '&' } else { '?' });
-        put_url.push_str("digest=");
-        put_url.push_str(digest);
-        send(
-            client
-                .put(&put_url)
-                .header("Authorization", bearer)
-                .header("Content-Type", "application/octet-stream")
-                .body(blob.to_vec()),
-            "PUT",
-            &put_url,
-            &[201],
-        )
-        .await?;
-        Ok(())
     }
 }
 

@@ -743,14 +743,28 @@ impl BuiltImage {
         name: &str,
         tag: &str,
     ) -> Result<PushedImage, FixtureError> {
+        let base = registry.url();
+        self.push_to(Target::of(registry, &base), registry, name, tag)
+            .await
+    }
+
+    /// Pushes to `target` (the registry's URL with given credentials);
+    /// `registry` names the pushed reference.
+    pub(crate) async fn push_to(
+        &self,
+        target: Target<'_>,
+        registry: &TestRegistry,
+        name: &str,
+        tag: &str,
+    ) -> Result<PushedImage, FixtureError> {
         let client = client()?;
         for layer in &self.layers {
-            upload_blob(&client, registry, name, &layer.blob, &layer.digest).await?;
+            upload_blob(&client, target, name, &layer.blob, &layer.digest).await?;
         }
-        upload_blob(&client, registry, name, &self.config, &self.config_digest).await?;
+        upload_blob(&client, target, name, &self.config, &self.config_digest).await?;
         let digest = put_manifest(
             &client,
-            registry,
+            target,
             name,
             tag,
             &self.manifest_media_type,
@@ -873,10 +887,10 @@ impl IndexBuilder {
             "manifests": manifests,
         });
         let index = serde_json::to_vec_pretty(&index).expect("index JSON");
-        let client = client()?;
+        let base = registry.url();
         let digest = put_manifest(
-            &client,
-            registry,
+            &client()?,
+            Target::of(registry, &base),
             name,
             tag,
             self.media_types.index(),
@@ -931,10 +945,43 @@ pub fn client() -> Result<reqwest::Client, FixtureError> {
         .map_err(|e| FixtureError::Other(format!("building a reqwest client: {e}")))
 }
 
-fn with_auth(req: reqwest::RequestBuilder, registry: &TestRegistry) -> reqwest::RequestBuilder {
-    match registry.credentials() {
-        Some((user, password)) => req.basic_auth(user, Some(password)),
-        None => req,
+/// Where and how a push goes: a registry's base URL and the credentials
+/// every request carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) base: &'a str,
+    pub(crate) auth: Auth<'a>,
+}
+
+/// How push requests authenticate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Auth<'a> {
+    /// Anonymously.
+    None,
+    /// With HTTP basic credentials.
+    Basic(&'a str, &'a str),
+    /// With an `Authorization` header value (`Bearer <token>`).
+    Header(&'a str),
+}
+
+impl Auth<'_> {
+    fn apply(self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::None => req,
+            Auth::Basic(user, password) => req.basic_auth(user, Some(password)),
+            Auth::Header(value) => req.header("Authorization", value),
+        }
+    }
+}
+
+impl<'a> Target<'a> {
+    /// `registry` with its own basic credentials, if it has any.
+    fn of(registry: &'a TestRegistry, base: &'a str) -> Self {
+        let auth = match registry.credentials() {
+            Some((user, password)) => Auth::Basic(user, password),
+            None => Auth::None,
+        };
+        Self { base, auth }
     }
 }
 
@@ -967,20 +1014,22 @@ pub async fn push_blob(
     blob: &[u8],
 ) -> Result<String, FixtureError> {
     let digest = sha256_digest(blob);
-    upload_blob(&client()?, registry, name, blob, &digest).await?;
+    let base = registry.url();
+    upload_blob(&client()?, Target::of(registry, &base), name, blob, &digest).await?;
     Ok(digest)
 }
 
-async fn upload_blob(
+pub(crate) async fn upload_blob(
     client: &reqwest::Client,
-    registry: &TestRegistry,
+    target: Target<'_>,
     name: &str,
     blob: &[u8],
     digest: &str,
 ) -> Result<(), FixtureError> {
-    let base = registry.url();
+    let (base, auth) = (target.base, target.auth);
     let head_url = format!("{base}/v2/{name}/blobs/{digest}");
-    let head = with_auth(client.head(&head_url), registry)
+    let head = auth
+        .apply(client.head(&head_url))
         .send()
         .await
         .map_err(|e| FixtureError::Http {
@@ -993,7 +1042,8 @@ async fn upload_blob(
     }
     let post_url = format!("{base}/v2/{name}/blobs/uploads/");
     let resp = send(
-        with_auth(client.post(&post_url), registry).header("Content-Length", "0"),
+        auth.apply(client.post(&post_url))
+            .header("Content-Length", "0"),
         "POST",
         &post_url,
         &[202],
@@ -1017,7 +1067,7 @@ async fn upload_blob(
     put_url.push_str("digest=");
     put_url.push_str(digest);
     send(
-        with_auth(client.put(&put_url), registry)
+        auth.apply(client.put(&put_url))
             .header("Content-Type", "application/octet-stream")
             .body(blob.to_vec()),
         "PUT",
@@ -1037,20 +1087,31 @@ pub async fn push_manifest(
     media_type: &str,
     bytes: &[u8],
 ) -> Result<String, FixtureError> {
-    put_manifest(&client()?, registry, name, reference, media_type, bytes).await
+    let base = registry.url();
+    put_manifest(
+        &client()?,
+        Target::of(registry, &base),
+        name,
+        reference,
+        media_type,
+        bytes,
+    )
+    .await
 }
 
-async fn put_manifest(
+pub(crate) async fn put_manifest(
     client: &reqwest::Client,
-    registry: &TestRegistry,
+    target: Target<'_>,
     name: &str,
     reference: &str,
     media_type: &str,
     bytes: &[u8],
 ) -> Result<String, FixtureError> {
-    let url = format!("{}/v2/{name}/manifests/{reference}", registry.url());
+    let url = format!("{}/v2/{name}/manifests/{reference}", target.base);
     let resp = send(
-        with_auth(client.put(&url), registry)
+        target
+            .auth
+            .apply(client.put(&url))
             .header("Content-Type", media_type)
             .body(bytes.to_vec()),
         "PUT",
