@@ -29,7 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::registry::{
-    FixtureError, READY_TIMEOUT, TestRegistry, free_port, read_tail, spawn_registry, tail,
+    FixtureError, READY_TIMEOUT, TestRegistry, read_tail, start_on_free_port, tail,
 };
 
 /// Where Debian's `openssl` package puts the command-line tool.
@@ -197,44 +197,30 @@ impl TlsRegistry {
             .build()
             .map_err(|e| FixtureError::Other(format!("building a reqwest client: {e}")))?;
 
-        // A free port can be taken between probing and binding; retry then.
-        let mut last_err = None;
-        for _ in 0..5 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let yaml = format!(
-                "version: 0.1\n\
-                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  \
-                 cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: {addr}\n  secret: msb-test-registry-secret\n  \
-                 tls:\n    certificate: {cert}\n    key: {key}\n",
-                storage = plain.storage_dir().display(),
-                cert = ca.server_cert().display(),
-                key = ca.server_key().display(),
-            );
-            let (mut child, log_path) = spawn_registry(dir.path(), &yaml)?;
-            match wait_ready(&mut child, &probe, addr, &log_path) {
-                Ok(()) => {
-                    return Ok(Self {
-                        child,
-                        addr,
-                        dir,
-                        ca,
-                        plain,
-                    });
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let in_use = read_tail(&log_path, 20).contains("address already in use");
-                    last_err = Some(e);
-                    if !in_use {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| FixtureError::Registry("did not start".into())))
+        let (child, addr) = start_on_free_port(
+            dir.path(),
+            |addr| {
+                format!(
+                    "version: 0.1\n\
+                     log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                     storage:\n  filesystem:\n    rootdirectory: {storage}\n  \
+                     cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+                     http:\n  addr: {addr}\n  secret: msb-test-registry-secret\n  \
+                     tls:\n    certificate: {cert}\n    key: {key}\n",
+                    storage = plain.storage_dir().display(),
+                    cert = ca.server_cert().display(),
+                    key = ca.server_key().display(),
+                )
+            },
+            |child, addr, log| wait_ready(child, &probe, addr, log),
+        )?;
+        Ok(Self {
+            child,
+            addr,
+            dir,
+            ca,
+            plain,
+        })
     }
 
     /// The plain-HTTP registry sharing this one's storage: push fixtures

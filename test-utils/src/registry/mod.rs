@@ -142,42 +142,27 @@ impl TestRegistry {
             }
         };
 
-        // A free port can be taken between probing and binding; retry then.
-        let mut last_err = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let yaml = format!(
-                "version: 0.1\n\
-                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
-                 cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: {addr}\n  secret: msb-test-registry-secret\n\
-                 {auth}",
-                storage = storage.display(),
-            );
-            let (mut child, log_path) = spawn_registry(dir.path(), &yaml)?;
-            match wait_ready(&mut child, addr, &log_path, READY_TIMEOUT) {
-                Ok(()) => {
-                    return Ok(TestRegistry {
-                        child,
-                        addr,
-                        dir,
-                        credentials,
-                    });
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let in_use = read_tail(&log_path, 20).contains("address already in use");
-                    last_err = Some(e);
-                    if !in_use {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| FixtureError::Registry("did not start".into())))
+        let (child, addr) = start_on_free_port(
+            dir.path(),
+            |addr| {
+                format!(
+                    "version: 0.1\n\
+                     log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                     storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
+                     cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+                     http:\n  addr: {addr}\n  secret: msb-test-registry-secret\n\
+                     {auth}",
+                    storage = storage.display(),
+                )
+            },
+            |child, addr, log| wait_ready(child, addr, log, READY_TIMEOUT),
+        )?;
+        Ok(TestRegistry {
+            child,
+            addr,
+            dir,
+            credentials,
+        })
     }
 
     /// The socket address it listens on.
@@ -243,6 +228,34 @@ impl Drop for TestRegistry {
         self.stop();
         // The TempDir field removes config and storage after this.
     }
+}
+
+/// Starts `docker-registry` in `dir` on a free port of 127.0.0.1 with the
+/// config `yaml_for(addr)`, and waits with `ready`. A free port can be taken
+/// between probing and binding: then it retries on another (5 tries).
+pub(crate) fn start_on_free_port(
+    dir: &Path,
+    yaml_for: impl Fn(SocketAddr) -> String,
+    ready: impl Fn(&mut Child, SocketAddr, &Path) -> Result<(), FixtureError>,
+) -> Result<(Child, SocketAddr), FixtureError> {
+    let mut last_err = None;
+    for _ in 0..5 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let (mut child, log_path) = spawn_registry(dir, &yaml_for(addr))?;
+        match ready(&mut child, addr, &log_path) {
+            Ok(()) => return Ok((child, addr)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let in_use = read_tail(&log_path, 20).contains("address already in use");
+                last_err = Some(e);
+                if !in_use {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| FixtureError::Registry("did not start".into())))
 }
 
 /// Writes `yaml` as `dir/config.yml` and starts `docker-registry serve` on
