@@ -176,24 +176,7 @@ async fn agent_runs_execs_as_pid1_and_shuts_down() {
         "{frame:?}"
     );
 
-    writer
-        .write_frame(&Frame::new(0, Message::Shutdown { grace_ms: 1000 }))
-        .await
-        .unwrap();
-    // The host sees the connection end.
-    let end = timeout(STEP, reader.read_frame())
-        .await
-        .expect("EOF timed out");
-    assert!(matches!(end, Ok(None)), "{end:?}");
-    let deadline = Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the agent did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}");
+    shut_down(&mut child, &mut reader, &mut writer).await;
 }
 
 /// Reads frames until every stream in `streams` has exited.
@@ -251,6 +234,32 @@ async fn start_agent(
     .expect("handshake timed out")
     .expect("handshake");
     (child, reader, writer, ready)
+}
+
+/// Sends `Shutdown`, then checks the host sees the connection end and the
+/// sandbox's PID 1 (the agent) exits 0.
+async fn shut_down(
+    child: &mut msb_core::sandbox::namespace::NamespaceChild,
+    reader: &mut HostReader,
+    writer: &mut HostWriter,
+) {
+    writer
+        .write_frame(&Frame::new(0, Message::Shutdown { grace_ms: 1000 }))
+        .await
+        .unwrap();
+    let end = timeout(STEP, reader.read_frame())
+        .await
+        .expect("EOF timed out");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 /// What a piped exec produced.
@@ -494,21 +503,5 @@ async fn agent_pipes_stdin_under_flow_control() {
         .unwrap();
     assert_eq!(pong.message, Message::Pong { nonce: 42 });
 
-    writer
-        .write_frame(&Frame::new(0, Message::Shutdown { grace_ms: 1000 }))
-        .await
-        .unwrap();
-    let end = timeout(STEP, reader.read_frame())
-        .await
-        .expect("EOF timed out");
-    assert!(matches!(end, Ok(None)), "{end:?}");
-    let deadline = Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the agent did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}");
+    shut_down(&mut child, &mut reader, &mut writer).await;
 }
