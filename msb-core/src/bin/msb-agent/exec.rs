@@ -53,8 +53,9 @@ enum StdinState {
     Dead,
 }
 
-/// Runs the exec on `stream` to completion.
+/// Runs the exec on `stream` of connection `conn` to completion.
 pub async fn run(
+    conn: u64,
     stream: u32,
     req: ExecStart,
     registry: SharedRegistry,
@@ -72,7 +73,7 @@ pub async fn run(
         Ok(mut child) => {
             let pid = child.id() as libc::pid_t;
             // No await between spawn and register: see the reaper's docs.
-            let status_rx = registry.borrow_mut().register(pid);
+            let status_rx = registry.borrow_mut().register(pid, conn);
             let pipes = (|| -> io::Result<_> {
                 let o = pipe::Receiver::from_owned_fd(child.stdout.take().expect("piped").into())?;
                 let e = pipe::Receiver::from_owned_fd(child.stderr.take().expect("piped").into())?;

@@ -30,21 +30,31 @@ use tokio::sync::oneshot;
 /// The write end of the SIGCHLD self-pipe, for the signal handler.
 static SIGCHLD_PIPE: AtomicI32 = AtomicI32::new(-1);
 
-/// The children started by execs and not yet reaped: pid → where its raw
-/// wait status goes.
+/// The children started by execs and not yet reaped: pid → the connection
+/// that started it and where its raw wait status goes.
 #[derive(Debug, Default)]
 pub struct Registry {
-    children: HashMap<libc::pid_t, oneshot::Sender<libc::c_int>>,
+    children: HashMap<libc::pid_t, Child>,
+}
+
+/// One registered child.
+#[derive(Debug)]
+struct Child {
+    /// The connection whose exec started it.
+    owner: u64,
+    /// Where its raw wait status goes.
+    status: oneshot::Sender<libc::c_int>,
 }
 
 /// The registry, shared by the tasks of the agent's single thread.
 pub type SharedRegistry = Rc<RefCell<Registry>>;
 
 impl Registry {
-    /// Registers `pid`; its raw wait status arrives on the returned receiver.
-    pub fn register(&mut self, pid: libc::pid_t) -> oneshot::Receiver<libc::c_int> {
+    /// Registers `pid`, started by connection `owner`; its raw wait status
+    /// arrives on the returned receiver.
+    pub fn register(&mut self, pid: libc::pid_t, owner: u64) -> oneshot::Receiver<libc::c_int> {
         let (tx, rx) = oneshot::channel();
-        self.children.insert(pid, tx);
+        self.children.insert(pid, Child { owner, status: tx });
         rx
     }
 
@@ -77,6 +87,19 @@ impl Registry {
         }
     }
 
+    /// Signals every child connection `owner` started, and their process
+    /// groups. Returns how many there were.
+    pub fn signal_owner(&self, owner: u64, signal: libc::c_int) -> usize {
+        let mut n = 0;
+        for (&pid, child) in &self.children {
+            if child.owner == owner {
+                self.signal(pid, signal, true);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Reaps every zombie child without blocking.
     fn reap_all(&mut self) {
         loop {
@@ -90,8 +113,8 @@ impl Registry {
                 }
                 return;
             }
-            if let Some(tx) = self.children.remove(&pid) {
-                let _ = tx.send(status);
+            if let Some(child) = self.children.remove(&pid) {
+                let _ = child.status.send(status);
             }
         }
     }
