@@ -505,3 +505,208 @@ async fn agent_pipes_stdin_under_flow_control() {
 
     shut_down(&mut child, &mut reader, &mut writer).await;
 }
+
+/// Starts the agent as PID 1 of a fresh sandbox, listening on a Unix socket
+/// at `dir/agent.sock` that the host bound (passed in as fd 0,
+/// `MSB_AGENT_LISTEN_FD=0`). Returns the sandbox and the socket's path.
+async fn start_listening_agent(
+    dir: &Path,
+) -> (msb_core::sandbox::namespace::NamespaceChild, PathBuf) {
+    let agent = tokio::task::spawn_blocking(agent_binary).await.unwrap();
+    let tree = rootfs(dir, &agent);
+    let path = dir.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut spec = NamespaceSpec::new(SandboxRoot::Directory(tree), ["/.msb/agent"]);
+    spec.env.push(("MSB_AGENT_LISTEN_FD".into(), "0".into()));
+    spec.stdin = Stdio::Fd(OwnedFd::from(listener));
+    spec.stdout = Stdio::Null;
+    let child = spawn(spec).expect("spawn the agent as PID 1");
+    (child, path)
+}
+
+/// Connects to a listening agent and does the handshake.
+async fn connect(path: &Path) -> (HostReader, HostWriter, Ready) {
+    let stream = timeout(STEP, tokio::net::UnixStream::connect(path))
+        .await
+        .expect("connect timed out")
+        .expect("connect to the agent");
+    let (r, w) = stream.into_split();
+    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+    let ready = timeout(
+        STEP,
+        host_handshake(&mut reader, &mut writer, SUPPORTED_VERSIONS, "agent-e2e"),
+    )
+    .await
+    .expect("handshake timed out")
+    .expect("handshake");
+    (reader, writer, ready)
+}
+
+/// Runs `script` under busybox sh on `stream` and returns what it did.
+async fn run_script(
+    reader: &mut HostReader,
+    writer: &mut HostWriter,
+    stream: u32,
+    script: &str,
+) -> Outcome {
+    writer
+        .write_frame(&Frame::new(
+            stream,
+            exec(&["/bin/busybox", "sh", "-c", script]),
+        ))
+        .await
+        .unwrap();
+    let mut all = timeout(STEP, collect(reader, &[stream]))
+        .await
+        .unwrap_or_else(|_| panic!("{script:?} timed out"));
+    all.remove(&stream).unwrap()
+}
+
+/// Starts `sleep 30` on `stream` and returns its pid once it runs.
+async fn start_sleep(reader: &mut HostReader, writer: &mut HostWriter, stream: u32) -> u32 {
+    writer
+        .write_frame(&Frame::new(stream, exec(&["/bin/busybox", "sleep", "30"])))
+        .await
+        .unwrap();
+    let frame = timeout(STEP, reader.expect_frame("ExecStarted"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.stream, stream, "{frame:?}");
+    match frame.message {
+        Message::ExecStarted { pid } => pid,
+        other => panic!("expected ExecStarted, got {other:?}"),
+    }
+}
+
+/// Waits (bounded) for PID 1 to exit and returns its exit code.
+async fn exit_code(child: &mut msb_core::sandbox::namespace::NamespaceChild) -> Option<i32> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const SIGTERMED: ExitStatus = ExitStatus::Signal {
+    signal: libc::SIGTERM,
+    core_dumped: false,
+};
+
+#[tokio::test(flavor = "current_thread")]
+async fn agent_serves_many_connections_on_a_listening_socket() {
+    if !Path::new("/bin/busybox").exists() {
+        println!("skipped: /bin/busybox (Debian busybox-static) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, path) = start_listening_agent(dir.path()).await;
+
+    // Three clients at once, each with its own handshake.
+    let ((mut r0, mut w0, ready), (mut r1, mut w1, _), (mut r2, mut w2, _)) =
+        tokio::join!(connect(&path), connect(&path), connect(&path));
+    let phases: Vec<&str> = ready.timings.iter().map(|t| t.phase.as_str()).collect();
+    assert!(phases.contains(&"listening"), "{ready:?}");
+    assert!(phases.contains(&"ready"), "{ready:?}");
+
+    // Stream 1 on every connection: the id spaces are independent.
+    let (a, b, c) = tokio::join!(
+        run_script(&mut r0, &mut w0, 1, "echo zero"),
+        run_script(&mut r1, &mut w1, 1, "sleep 0.1; echo one >&2; exit 1"),
+        run_script(&mut r2, &mut w2, 1, "echo two; exit 2"),
+    );
+    assert_eq!(
+        (a.stdout.as_slice(), a.exited),
+        (&b"zero\n"[..], Some(ExitStatus::Code(0)))
+    );
+    assert_eq!(
+        (b.stderr.as_slice(), b.exited),
+        (&b"one\n"[..], Some(ExitStatus::Code(1)))
+    );
+    assert_eq!(
+        (c.stdout.as_slice(), c.exited),
+        (&b"two\n"[..], Some(ExitStatus::Code(2)))
+    );
+
+    // Closing a connection kills the processes it started, and only those.
+    let orphan = start_sleep(&mut r0, &mut w0, 3).await;
+    let survivor = start_sleep(&mut r2, &mut w2, 3).await;
+    drop((r0, w0));
+    let check = format!(
+        "i=0; while kill -0 {orphan} 2>/dev/null; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done; kill -0 {survivor}"
+    );
+    let gone = run_script(&mut r1, &mut w1, 3, &check).await;
+    assert_eq!(gone.exited, Some(ExitStatus::Code(0)), "{gone:?}");
+
+    // The agent keeps accepting.
+    let (mut r3, mut w3, _) = connect(&path).await;
+    let late = run_script(&mut r3, &mut w3, 1, "echo late").await;
+    assert_eq!(late.stdout, b"late\n");
+    w3.write_frame(&Frame::new(0, Message::Ping { nonce: 7 }))
+        .await
+        .unwrap();
+    let pong = timeout(STEP, r3.expect_frame("Pong"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong.message, Message::Pong { nonce: 7 });
+
+    // Shutdown on one connection ends the whole agent: the other
+    // connection's exec is terminated and reported, every connection ends,
+    // PID 1 exits 0.
+    let started = Instant::now();
+    w1.write_frame(&Frame::new(0, Message::Shutdown { grace_ms: 1000 }))
+        .await
+        .unwrap();
+    let exited = timeout(STEP, r2.expect_frame("Exited"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exited.stream, 3, "{exited:?}");
+    assert_eq!(exited.message, Message::Exited(SIGTERMED));
+    for reader in [&mut r1, &mut r2, &mut r3] {
+        let end = timeout(STEP, reader.read_frame())
+            .await
+            .expect("EOF timed out");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn agent_shuts_down_gracefully_on_sigterm() {
+    if !Path::new("/bin/busybox").exists() {
+        println!("skipped: /bin/busybox (Debian busybox-static) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut reader, mut writer, _) = start_agent(dir.path()).await;
+    start_sleep(&mut reader, &mut writer, 1).await;
+
+    let started = Instant::now();
+    child.kill(libc::SIGTERM).unwrap();
+    let exited = timeout(STEP, reader.expect_frame("Exited"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exited.stream, 1, "{exited:?}");
+    assert_eq!(exited.message, Message::Exited(SIGTERMED));
+    let end = timeout(STEP, reader.read_frame())
+        .await
+        .expect("EOF timed out");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
