@@ -48,6 +48,84 @@ pub enum MicrosandboxError {
         #[source]
         source: Box<msb_core::Error>,
     },
+    /// An isolation backend name (`MSB_ISOLATION`, `--isolation`) that is
+    /// neither `microvm` nor `namespace`.
+    #[error("invalid isolation {value:?}: expected microvm or namespace")]
+    InvalidIsolation {
+        /// The value given.
+        value: String,
+    },
+    /// A command could not be started in the sandbox (not found, not
+    /// executable, permission denied, bad working directory, ...).
+    #[error("cannot run {command:?} in sandbox {name:?}: {kind:?}: {message}")]
+    ExecFailed {
+        /// The sandbox's name.
+        name: String,
+        /// The command.
+        command: String,
+        /// Why, as the guest agent classified it.
+        kind: msb_core::agent::ErrorKind,
+        /// The agent's detail.
+        message: String,
+    },
+    /// A sandbox of that name exists already (running or not) and
+    /// `replace()` was not asked for.
+    #[error("sandbox {name:?} already exists (use replace() to take it over, or remove it first)")]
+    SandboxAlreadyExists {
+        /// The sandbox's name.
+        name: String,
+    },
+    /// No sandbox has that name, or the handle's sandbox was removed or
+    /// replaced by another of the same name.
+    #[error("sandbox {name:?} not found")]
+    SandboxNotFound {
+        /// The sandbox's name.
+        name: String,
+    },
+    /// The sandbox cannot be removed while its process runs.
+    #[error("sandbox {name:?} is still running (pid {pid}); stop it first")]
+    SandboxStillRunning {
+        /// The sandbox's name.
+        name: String,
+        /// Its live process.
+        pid: u32,
+    },
+    /// The sandbox did not become ready.
+    #[error(
+        "sandbox {name:?} failed to boot during {stage}: {reason}{}",
+        console_suffix(console_tail)
+    )]
+    BootFailed {
+        /// The sandbox's name.
+        name: String,
+        /// Where it failed, e.g. `"vm"`, `"rootfs"`, `"agent handshake"`.
+        stage: String,
+        /// Why.
+        reason: String,
+        /// The last lines of the guest console (may be empty).
+        console_tail: String,
+    },
+    /// Running or talking to the sandbox failed (its process, its agent,
+    /// its state on disk).
+    #[error("sandbox {name:?}: {source}")]
+    Sandbox {
+        /// The sandbox's name.
+        name: String,
+        /// What failed, from the engine.
+        #[source]
+        source: Box<msb_core::Error>,
+    },
+    /// A file microsandbox needs could not be read or written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's answer.
+        #[source]
+        source: std::io::Error,
+    },
     /// The host refused a resource microsandbox needs to run (threads, an
     /// async runtime, ...).
     #[error("cannot {what}: {source}")]
@@ -58,6 +136,50 @@ pub enum MicrosandboxError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn console_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\nconsole (last lines):\n{}", tail.trim_end())
+    }
+}
+
+impl MicrosandboxError {
+    /// The facade's error for an engine error about sandbox `name`: the
+    /// variants a program acts on are lifted out, the rest is wrapped.
+    pub(crate) fn from_sandbox(name: &str, e: msb_core::Error) -> MicrosandboxError {
+        use msb_core::Error as E;
+        match e {
+            E::SandboxAlreadyExists { name } => MicrosandboxError::SandboxAlreadyExists { name },
+            E::SandboxNotFound { name } => MicrosandboxError::SandboxNotFound { name },
+            E::SandboxStillRunning { name, pid } => {
+                MicrosandboxError::SandboxStillRunning { name, pid }
+            }
+            E::BootFailed {
+                name,
+                stage,
+                reason,
+                console_tail,
+            } => MicrosandboxError::BootFailed {
+                name,
+                stage,
+                reason,
+                console_tail,
+            },
+            E::InvalidSandboxName { .. } => MicrosandboxError::InvalidConfig {
+                what: "sandbox name",
+                value: name.to_owned(),
+                source: Box::new(e),
+            },
+            E::Io { op, path, source } => MicrosandboxError::Io { op, path, source },
+            other => MicrosandboxError::Sandbox {
+                name: name.to_owned(),
+                source: Box::new(other),
+            },
+        }
+    }
 }
 
 /// `Result` with [`MicrosandboxError`].

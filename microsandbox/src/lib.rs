@@ -22,5 +22,9 @@
 pub mod error;
 pub mod host;
 pub mod image;
+pub mod sandbox;
 
 pub use error::{MicrosandboxError, Result};
+pub use sandbox::{
+    ExecOutput, ExitStatus, Isolation, Sandbox, SandboxBuilder, SandboxInfo, SandboxStatus,
+};

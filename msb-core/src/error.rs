@@ -317,6 +317,52 @@ pub enum Error {
         /// The processes found in it.
         pids: Vec<u32>,
     },
+    /// A program microsandbox runs (the sandbox process `msb-sandbox`, the
+    /// static guest agent) was found nowhere it looks.
+    #[error("{program} not found (looked at: {}); {hint}", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    ProgramNotFound {
+        /// The program, e.g. `"msb-sandbox"`.
+        program: &'static str,
+        /// Every path tried, in order.
+        searched: Vec<PathBuf>,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// The guest agent binary at `path` cannot run inside a rootfs of its
+    /// own: it is not a static executable.
+    #[error("guest agent {path} is not a static executable: {reason}")]
+    AgentNotStatic {
+        /// The binary.
+        path: PathBuf,
+        /// What was found.
+        reason: &'static str,
+    },
+    /// The sandbox did not become ready: its process failed, or the guest
+    /// died or did not answer in time.
+    #[error(
+        "sandbox {name:?} failed to boot during {stage}: {reason}{}",
+        tail_suffix(console_tail)
+    )]
+    BootFailed {
+        /// The sandbox's name.
+        name: String,
+        /// Where it failed, e.g. `"rootfs"`, `"agent handshake"`, `"vm"`.
+        stage: String,
+        /// Why.
+        reason: String,
+        /// The last lines of the guest console (may be empty).
+        console_tail: String,
+    },
+    /// The guest agent refused or failed a request.
+    #[error("the sandbox's agent answered {kind:?}: {message}")]
+    AgentRefused {
+        /// What kind of failure.
+        kind: crate::agent::ErrorKind,
+        /// The guest's OS error number, 0 if none.
+        errno: i32,
+        /// The agent's detail (the path, the command).
+        message: String,
+    },
     /// A resource limit has an invalid value.
     #[error("invalid cgroup limit {limit}: {reason}")]
     InvalidCgroupLimit {
@@ -325,6 +371,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// `"\nconsole:\n<tail>"`, or nothing for an empty tail.
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\nconsole (last lines):\n{}", tail.trim_end())
+    }
 }
 
 /// `Result` with the crate's [`Error`].

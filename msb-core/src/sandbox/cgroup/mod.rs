@@ -581,6 +581,41 @@ impl SandboxCgroup {
     }
 }
 
+/// Removes what a sandbox named `name` left in the cgroup hierarchies of
+/// `layout` (its process was killed before it could clean up): every
+/// process still in `microsandbox/<name>` gets SIGKILL, then the directories
+/// are removed, waiting up to [`REMOVE_RETRY`] for the processes to go.
+/// Nothing there is not an error.
+pub fn remove_stale(layout: &CgroupLayout, name: &str) -> Result<()> {
+    let name = SandboxName::new(name)?;
+    let mut dirs: Vec<PathBuf> = Controller::ALL
+        .iter()
+        .filter_map(|c| layout.placement(*c).ok())
+        .map(|p| p.hierarchy.join(PARENT_DIR).join(name.as_str()))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        for _ in 0..16 {
+            let pids = read_procs(dir)?;
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids
+                .into_iter()
+                .filter_map(|p| libc::pid_t::try_from(p).ok())
+            {
+                // SAFETY: kill(2) takes plain integers and touches no memory
+                // of ours; ESRCH (already gone) is ignored.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        rmdir_retrying(dir, REMOVE_RETRY)?;
+    }
+    Ok(())
+}
+
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
         for dir in self.dirs.iter().rev() {

@@ -55,22 +55,23 @@ pub(super) struct PlanStep {
 /// Steps of the child that are not plan operations. Their code is their
 /// index here; plan operations are reported as [`PLAN_BASE`] + index.
 pub(super) const FIXED_STEPS: &[&str] = &[
-    "wait for id maps",  // 0
-    "setsid",            // 1
-    "make / private",    // 2
-    "chdir to new root", // 3
-    "pivot_root",        // 4
-    "detach old root",   // 5
-    "chdir /",           // 6
-    "sethostname",       // 7
-    "bring up lo",       // 8
-    "chdir to cwd",      // 9
-    "setgroups",         // 10
-    "setresgid",         // 11
-    "setresuid",         // 12
-    "redirect stdio",    // 13
-    "execve",            // 14
-    "reset signals",     // 15
+    "wait for id maps",        // 0
+    "setsid",                  // 1
+    "make / private",          // 2
+    "chdir to new root",       // 3
+    "pivot_root",              // 4
+    "detach old root",         // 5
+    "chdir /",                 // 6
+    "sethostname",             // 7
+    "bring up lo",             // 8
+    "chdir to cwd",            // 9
+    "setgroups",               // 10
+    "setresgid",               // 11
+    "setresuid",               // 12
+    "redirect stdio",          // 13
+    "execve",                  // 14
+    "reset signals",           // 15
+    "set parent-death signal", // 16
 ];
 const WAIT_MAPS: u32 = 0;
 const SETSID: u32 = 1;
@@ -88,6 +89,7 @@ const SETUID: u32 = 12;
 const STDIO: u32 = 13;
 const EXEC: u32 = 14;
 const SIGNALS: u32 = 15;
+const PDEATHSIG: u32 = 16;
 
 /// Step codes at or above this are plan operations.
 pub(super) const PLAN_BASE: u32 = 0x1_0000;
@@ -108,6 +110,8 @@ pub(super) struct ChildPlan {
     pub(super) cwd: CString,
     /// Whether `setgroups(0, NULL)` may be called (not after `setgroups deny`).
     pub(super) setgroups: bool,
+    /// Whether to ask for SIGKILL when the parent thread dies.
+    pub(super) die_with_parent: bool,
     pub(super) uid: libc::uid_t,
     pub(super) gid: libc::gid_t,
     /// Source fds (CLOEXEC, ≥ 3) for 0, 1 and 2; `None` inherits.
@@ -363,6 +367,17 @@ pub(super) unsafe fn run(plan: &ChildPlan) -> ! {
         SETUID,
         unsafe { libc::setresuid(plan.uid, plan.uid, plan.uid) }.into(),
     );
+
+    // The parent-death signal is cleared by credential changes, so it is
+    // set after them.
+    if plan.die_with_parent {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number.
+        check(
+            err,
+            PDEATHSIG,
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) }.into(),
+        );
+    }
 
     // 7. stdio. The sources are CLOEXEC copies ≥ 3, so dup2 never clobbers
     //    another source, and the copies vanish at exec; dup2 clears CLOEXEC

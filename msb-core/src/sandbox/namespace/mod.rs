@@ -173,6 +173,11 @@ pub struct NamespaceSpec {
     pub user_namespace: UserNamespace,
     /// Bring up `lo` in the new network namespace.
     pub loopback: bool,
+    /// SIGKILL the sandbox when the thread that spawned it exits (the
+    /// kernel's parent-death signal), so a sandbox process killed with
+    /// SIGKILL takes its sandbox with it. Only for spawning threads that
+    /// live as long as the sandbox should (e.g. a process's main thread).
+    pub die_with_parent: bool,
     /// Standard input.
     pub stdin: Stdio,
     /// Standard output.
@@ -200,6 +205,7 @@ impl NamespaceSpec {
             gid: 0,
             user_namespace: UserNamespace::Auto,
             loopback: true,
+            die_with_parent: false,
             stdin: Stdio::Inherit,
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
@@ -647,6 +653,7 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         gid,
         user_namespace,
         loopback,
+        die_with_parent,
         stdin,
         stdout,
         stderr,
@@ -714,6 +721,7 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         cwd: cpath("cwd", &cwd)?,
         // After `setgroups deny` (unprivileged) setgroups(2) always fails.
         setgroups: euid == 0,
+        die_with_parent,
         uid,
         gid,
         stdio: [

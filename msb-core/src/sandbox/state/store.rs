@@ -328,6 +328,22 @@ impl StateStore {
         })
     }
 
+    /// Records the final status of incarnation `instance` of `name`
+    /// (`Stopped` after an orderly stop, `Crashed` when the guest died on
+    /// its own). [`Error::SandboxNotFound`] when the name now belongs to
+    /// another incarnation: a replaced sandbox never overwrites its successor.
+    pub fn set_final_status(
+        &self,
+        name: &SandboxName,
+        instance: &str,
+        status: SandboxStatus,
+    ) -> Result<SandboxRecord> {
+        self.update(name, Some(instance), |r| {
+            r.status = status;
+            Ok(())
+        })
+    }
+
     /// Deletes the record of `name`.
     ///
     /// Refuses with [`Error::SandboxStillRunning`] while its process is

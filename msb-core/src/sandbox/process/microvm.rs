@@ -1,0 +1,225 @@
+//! The sandbox process for the microVM backend: libkrun runs the VM in this
+//! process (`krun_start_enter` never returns while the guest lives), with
+//! the rootfs over virtio-fs, the agent as the guest's first process, its
+//! vsock port mapped to `<dir>/agent.sock`, and the console in
+//! `<dir>/console.log`.
+//!
+//! Because the VM takes the main thread, a watcher thread does the rest:
+//! it waits for the agent's handshake on the socket and reports `ready`,
+//! then keeps that connection and turns SIGTERM/SIGINT or the creator's
+//! exit into a `Shutdown` request; the guest then powers off and libkrun
+//! ends the process. A guest that dies first ends the process too, without
+//! a `ready` line: the creator reports that as a boot failure with the
+//! console's tail.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{BootEvent, Reporter, StopCause, creator_gone, failed, prepare_rootfs, record_final};
+use crate::krun::KrunContext;
+use crate::rootfs::{AGENT_PATH, RootfsLayout, Strategy};
+use crate::sandbox::client::AgentConnection;
+use crate::sandbox::namespace::DEFAULT_PATH;
+use crate::sandbox::socket::SocketPath;
+use crate::sandbox::spec::{AGENT_SOCKET, AGENT_VSOCK_PORT, CONSOLE_LOG, SandboxSpec};
+use crate::sandbox::state::SandboxStatus;
+use crate::{Error, Result};
+
+/// vCPUs and MiB when the spec does not say.
+const DEFAULT_CPUS: u8 = 1;
+const DEFAULT_MEMORY_MIB: u32 = 512;
+/// How often the watcher retries connecting while the guest boots.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+
+pub(super) fn main(spec: SandboxSpec, dir: &Path, started: Instant, mut reporter: Reporter) -> i32 {
+    let layout = match mount_rootfs(&spec, dir) {
+        Ok(layout) => layout,
+        Err(e) => {
+            reporter.send(&failed("rootfs", &e));
+            return 1;
+        }
+    };
+    let socket = dir.join(AGENT_SOCKET);
+    let _ = std::fs::remove_file(&socket);
+    let (ctx, _socket_dir) = match configure(&spec, dir, &layout, &socket) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            reporter.send(&failed("vm configuration", &e));
+            return 1;
+        }
+    };
+    let watcher_spec = spec.clone();
+    let watcher_dir = dir.to_path_buf();
+    let watcher = std::thread::Builder::new()
+        .name("msb-watcher".into())
+        .spawn(move || watch(watcher_spec, watcher_dir, socket, started));
+    if let Err(e) = watcher {
+        reporter.send(&failed("watcher thread", &e));
+        return 1;
+    }
+    reporter.send(&BootEvent::VmStarting);
+    tracing::info!(sandbox = %spec.name, "starting the VM");
+    let err = ctx.start_enter();
+    reporter.send(&failed("vm", &err));
+    tracing::error!(error = %err, "the VM could not start");
+    1
+}
+
+/// Prepares the rootfs and makes `merged` the tree to share: the overlay is
+/// mounted in a private mount namespace of this process (so it goes away
+/// with it); where that is not permitted, the tree is copied instead.
+fn mount_rootfs(spec: &SandboxSpec, dir: &Path) -> Result<RootfsLayout> {
+    let layout = prepare_rootfs(spec, dir)?;
+    if layout.strategy() != Strategy::Overlay {
+        return Ok(layout);
+    }
+    match private_mount_namespace().and_then(|()| layout.mount_overlay()) {
+        Ok(()) => Ok(layout),
+        Err(e) => {
+            tracing::warn!(error = %e, "overlay unavailable for the VM's rootfs: copying the tree");
+            let copy = layout.with_strategy(Strategy::Copy);
+            copy.prepare()?;
+            copy.inject_agent(&spec.agent)?;
+            Ok(copy)
+        }
+    }
+}
+
+/// Moves this process into a mount namespace of its own, with nothing
+/// propagating back to the host.
+fn private_mount_namespace() -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    let io = |op, e: nix::errno::Errno| Error::Io {
+        op,
+        path: PathBuf::from("/"),
+        source: e.into(),
+    };
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| io("unshare mount namespace at", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| io("make private", e))
+}
+
+/// The full libkrun configuration. Also returns the directory handle a
+/// long socket path is reached through, which must stay open.
+fn configure(
+    spec: &SandboxSpec,
+    dir: &Path,
+    layout: &RootfsLayout,
+    socket: &Path,
+) -> Result<(KrunContext, SocketPath)> {
+    let krun = |source| Error::BootFailed {
+        name: spec.name.to_string(),
+        stage: "vm configuration".into(),
+        reason: format!("{source}"),
+        console_tail: String::new(),
+    };
+    let mut ctx = KrunContext::new().map_err(krun)?;
+    ctx.set_vm_config(
+        spec.cpus.unwrap_or(DEFAULT_CPUS),
+        spec.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+    )
+    .map_err(krun)?;
+    ctx.set_root(&layout.merged).map_err(krun)?;
+    let port = AGENT_VSOCK_PORT.to_string();
+    let env = [
+        ("PATH", DEFAULT_PATH),
+        ("MSB_AGENT_VSOCK_PORT", port.as_str()),
+        ("MSB_AGENT_INIT", "1"),
+        ("MSB_HOSTNAME", spec.hostname.as_str()),
+    ];
+    ctx.set_exec(AGENT_PATH, &[] as &[&str], &env)
+        .map_err(krun)?;
+    ctx.set_workdir("/").map_err(krun)?;
+    let short = SocketPath::new(socket).map_err(|source| Error::Io {
+        op: "open socket directory of",
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    ctx.add_vsock_port2(AGENT_VSOCK_PORT, short.as_path(), true)
+        .map_err(krun)?;
+    ctx.set_console_output(&dir.join(CONSOLE_LOG))
+        .map_err(krun)?;
+    Ok((ctx, short))
+}
+
+/// The watcher thread: readiness, then stop requests.
+fn watch(spec: SandboxSpec, dir: PathBuf, socket: PathBuf, started: Instant) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "watcher runtime");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async move {
+        let mut reporter = Reporter::default();
+        let (Ok(mut sigterm), Ok(mut sigint)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            reporter.send(&BootEvent::Failed {
+                stage: "signals".into(),
+                reason: "cannot install signal handlers".into(),
+            });
+            std::process::exit(1);
+        };
+        let deadline = tokio::time::sleep(spec.boot_timeout());
+        tokio::pin!(deadline);
+        let mut conn = loop {
+            tokio::select! {
+                conn = AgentConnection::connect(&socket) => match conn {
+                    Ok(conn) => break conn,
+                    Err(_) => tokio::time::sleep(CONNECT_RETRY).await,
+                },
+                _ = &mut deadline => {
+                    reporter.send(&BootEvent::Failed {
+                        stage: "agent handshake".into(),
+                        reason: format!("the guest agent did not answer within {:?}", spec.boot_timeout()),
+                    });
+                    std::process::exit(1);
+                }
+                _ = sigterm.recv() => std::process::exit(1),
+                _ = sigint.recv() => std::process::exit(1),
+            }
+        };
+        let ready = conn.ready();
+        reporter.send(&BootEvent::Ready {
+            agent: ready.agent_version.clone(),
+            timings: ready.timings.iter().map(|t| (t.phase.clone(), t.micros)).collect(),
+            boot_micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        });
+        let cause = tokio::select! {
+            _ = sigterm.recv() => StopCause::Signal,
+            _ = sigint.recv() => StopCause::Signal,
+            () = creator_gone(&spec, &dir) => StopCause::CreatorExited,
+            () = conn.closed() => StopCause::AgentExited,
+        };
+        if cause == StopCause::AgentExited {
+            // The guest is going down on its own; libkrun ends the process.
+            record_final(&spec, &dir, SandboxStatus::Crashed);
+            return;
+        }
+        record_final(&spec, &dir, SandboxStatus::Stopped);
+        let grace = spec.stop_grace();
+        let grace_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
+        let _ = conn.shutdown(grace_ms).await;
+        // The guest powers off, and libkrun exits the process; if it hangs,
+        // end the VM ourselves.
+        let _ = tokio::time::timeout(grace + Duration::from_secs(2), conn.closed()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tracing::warn!("the guest did not power off: ending the VM");
+        std::process::exit(0);
+    });
+}
