@@ -10,12 +10,15 @@ pub mod images;
 pub mod proxy;
 pub mod pull;
 pub mod registry;
+pub mod sandbox;
 pub mod tls;
 pub mod token;
 
 use std::path::{Path, PathBuf};
 
 use msb_core::kvm::{self, ProbeOptions, Verdict};
+
+pub use msb_test_macros::msb_test;
 
 /// The directory `cargo xtask setup` installs libkrun and libkrunfw into.
 pub fn prefix_lib_dir() -> PathBuf {
@@ -28,9 +31,14 @@ pub fn prefix_lib_dir() -> PathBuf {
 /// Probe options for tests: the workspace prefix first, the real cache dir
 /// of `home` (so tests never touch `~/.microsandbox`).
 pub fn probe_options(home: &TestHome) -> ProbeOptions {
+    probe_options_for(home.path())
+}
+
+/// Probe options for a test's state home at `home`.
+pub fn probe_options_for(home: &Path) -> ProbeOptions {
     ProbeOptions {
         lib_dirs: vec![prefix_lib_dir()],
-        cache_dir: Some(home.path().join("cache")),
+        cache_dir: Some(home.join("cache")),
         ..ProbeOptions::default()
     }
 }

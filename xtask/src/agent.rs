@@ -1,8 +1,12 @@
 //! `cargo xtask build-agent`: the guest agent as a static binary.
 //!
 //! ```text
-//! target/msb/agent/<host triple>/release/msb-agent
+//! target/msb/agent/<host triple>/release/msb-agent   (cargo's output)
+//! target/msb/prefix/libexec/msb-agent                 (installed copy)
 //! ```
+//!
+//! The installed copy is where the runtime finds the agent in a checkout
+//! (`msb_core::sandbox::programs`).
 //!
 //! Built for the host triple with `+crt-static` (a static-pie on glibc; see
 //! DESIGN.md, "The guest agent binary") and without msb-core's `krun`
@@ -41,13 +45,31 @@ pub fn build(root: &Path) -> Result<PathBuf> {
             ])
             .arg(&target_dir),
     )?;
-    let binary = target_dir.join(&triple).join("release").join("msb-agent");
-    check_static(&binary)?;
+    let built = target_dir.join(&triple).join("release").join("msb-agent");
+    check_static(&built)?;
+    let binary = install(&built, &crate::layout::Layout::new(root).agent_path())?;
     eprintln!(
         "xtask build-agent: static agent built in {:.1?}",
         started.elapsed()
     );
     Ok(binary)
+}
+
+/// Copies `built` to `dest` atomically (a temporary name, then a rename),
+/// unless `dest` already has the same contents.
+fn install(built: &Path, dest: &Path) -> Result<PathBuf> {
+    let bytes =
+        std::fs::read(built).map_err(|e| format!("cannot read {}: {e}", built.display()))?;
+    if std::fs::read(dest).is_ok_and(|old| old == bytes) {
+        return Ok(dest.to_path_buf());
+    }
+    let dir = dest.parent().expect("the install path has a directory");
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".msb-agent.tmp-{}", std::process::id()));
+    std::fs::copy(built, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, dest))
+        .map_err(|e| format!("cannot install the agent at {}: {e}", dest.display()))?;
+    Ok(dest.to_path_buf())
 }
 
 pub fn run(root: &Path) -> Result<()> {

@@ -46,6 +46,12 @@ impl Layout {
         self.prefix().join("lib")
     }
 
+    /// Where the static guest agent is installed (`libexec/msb-agent`),
+    /// where the runtime looks for it in a checkout.
+    pub fn agent_path(&self) -> PathBuf {
+        self.prefix().join("libexec").join("msb-agent")
+    }
+
     pub fn include_dir(&self) -> PathBuf {
         self.prefix().join("include")
     }

@@ -56,6 +56,7 @@ pub fn run(root: &Path, cargo_args: &[String]) -> Result<()> {
             "warnings",
         ]))
     })?;
+    step("static guest agent", || crate::agent::build(root).map(drop))?;
     step("cargo test", || {
         cmd::run(
             cargo()

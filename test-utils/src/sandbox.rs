@@ -1,0 +1,130 @@
+//! What `#[msb_test]` gives a sandbox test: an isolated state home, the
+//! isolation backend this host allows, the runtime programs, and the
+//! busybox image in a registry on loopback.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use msb_core::kvm::{self, Verdict};
+
+use crate::TestHome;
+use crate::images::busybox_image;
+use crate::registry::TestRegistry;
+
+/// What a test needs from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// Any backend: a microVM where the host can run one, else namespace
+    /// isolation.
+    Any,
+    /// A microVM; the test is skipped (with `skipped: <reason>`) elsewhere.
+    Microvm,
+}
+
+/// One test's environment; its state home is deleted when it drops.
+#[derive(Debug)]
+pub struct TestEnv {
+    name: String,
+    home: TestHome,
+    isolation: &'static str,
+    registry: OnceLock<TestRegistry>,
+}
+
+impl TestEnv {
+    /// The environment for test `name`, or `None` (after printing
+    /// `skipped: <reason>`) when the host cannot meet `requirement`.
+    pub fn for_test(name: &str, requirement: Requirement) -> Option<TestEnv> {
+        let home = TestHome::new();
+        let verdict = kvm::probe_with(&crate::probe_options(&home)).verdict;
+        let isolation = match (&verdict, requirement) {
+            (Verdict::Ready, _) => "microvm",
+            (Verdict::Unavailable(_), Requirement::Any) => "namespace",
+            (Verdict::Unavailable(reason), Requirement::Microvm) => {
+                println!("skipped: {reason}");
+                return None;
+            }
+        };
+        ensure_programs();
+        Some(TestEnv {
+            name: name.to_owned(),
+            home,
+            isolation,
+            registry: OnceLock::new(),
+        })
+    }
+
+    /// The test's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The isolated state home (pass it to the builder's `home`).
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// The backend this host allows: `"microvm"` or `"namespace"`.
+    pub fn isolation(&self) -> &'static str {
+        self.isolation
+    }
+
+    /// A registry on 127.0.0.1 for this test, started on first use.
+    pub fn registry(&self) -> &TestRegistry {
+        self.registry.get_or_init(TestRegistry::start)
+    }
+
+    /// The busybox image (Debian's busybox-static), pushed to this test's
+    /// registry; returns its reference.
+    pub fn busybox(&self) -> String {
+        let registry = self.registry();
+        busybox_image()
+            .push_blocking(registry, "test/busybox", "latest")
+            .expect("push the busybox image");
+        registry.reference("test/busybox", "latest")
+    }
+}
+
+/// Runs `test` on a multi-threaded tokio runtime.
+pub fn run<F, Fut>(env: TestEnv, test: F)
+where
+    F: FnOnce(TestEnv) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("start a tokio runtime")
+        .block_on(test(env));
+}
+
+/// The workspace root.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-utils lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Makes sure the static agent is installed where the runtime finds it in
+/// a checkout (`cargo xtask build-agent`; a no-op when current), once per
+/// test process.
+pub fn ensure_programs() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let root = workspace_root();
+        if root.join("target/msb/prefix/libexec/msb-agent").exists() {
+            return;
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .env_remove("CARGO_TARGET_DIR")
+            .args(["run", "--quiet", "--package", "xtask", "--", "build-agent"])
+            .status()
+            .expect("run cargo xtask build-agent");
+        assert!(status.success(), "building the static agent failed");
+    });
+}
