@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo xtask setup            build libkrun, fetch libkrunfw, install both into target/msb/prefix
+//! cargo xtask demo [-- CMD]    the main job: boot a sandbox (best isolation here) and run a command
 //! cargo xtask doctor           set up, then say whether this host can run microVMs and why not
 //! cargo xtask bindgen [--check] regenerate (or verify) krun-sys/src/bindings.rs
 //! cargo xtask test             set up, then run the whole test suite (what CI runs)
@@ -13,6 +14,7 @@ mod agent;
 mod bench;
 mod bindgen;
 mod cmd;
+mod demo;
 mod doctor;
 mod layout;
 mod setup;
@@ -35,6 +37,13 @@ struct Cli {
 enum Command {
     /// Build libkrun and provide libkrunfw in the project prefix (idempotent).
     Setup,
+    /// Set up, then boot a sandbox with the best isolation this host allows
+    /// and run a command in it (default: a greeting and `ps`).
+    Demo {
+        /// The command to run instead.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Set up, then report whether microVMs can run on this host, and why not.
     Doctor {
         /// Only diagnose: do not build or download anything first.
@@ -70,6 +79,7 @@ fn main() {
     let root = layout::workspace_root();
     let outcome = match cli.command {
         Command::Setup => setup::run(&root).map(|prefix| prefix.print_summary()),
+        Command::Demo { command } => demo::run(&root, &command),
         Command::Doctor { no_setup } => doctor::run(&root, !no_setup),
         Command::Bindgen { check } => bindgen::run(&root, check).map_err(Into::into),
         Command::Test { cargo_args } => test::run(&root, &cargo_args),
