@@ -1,0 +1,132 @@
+//! `msb run`, `create`, `exec`, `ps`, `stop`, `rm` driven as a user would,
+//! with namespace isolation and the busybox image from a registry on
+//! loopback.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use test_utils::sandbox::{Requirement, TestEnv};
+
+fn msb(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(args)
+        .env("MSB_HOME", home)
+        .env("MSB_ISOLATION", "namespace")
+        .output()
+        .expect("run msb")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn env() -> TestEnv {
+    TestEnv::for_test("msb_sandbox", Requirement::Any).expect("no microVM needed")
+}
+
+#[test]
+fn run_propagates_the_exit_code_and_output() {
+    let env = env();
+    let image = env.busybox();
+    let home = env.home();
+    let out = msb(
+        home,
+        &[
+            "run",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 42",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).contains("err\n"));
+    // The ephemeral sandbox is gone.
+    let out = msb(home, &["ps", "-q"]);
+    assert_eq!(text(&out.stdout), "");
+
+    let out = msb(home, &["run", &image, "--", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+
+    let missing = format!("{}/test/missing:v1", env.registry().host());
+    let out = msb(home, &["run", &missing, "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("msb: ") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    let out = msb(home, &["run", "--isolation", "bogus", &image]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a usage error: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn create_exec_ps_stop_rm() {
+    let env = env();
+    let image = env.busybox();
+    let home = env.home();
+    let out = msb(home, &["create", "--name", "box", "-e", "WHO=msb", &image]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "box\n");
+
+    let out = msb(
+        home,
+        &["exec", "box", "--", "sh", "-c", "echo $WHO; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "msb\n");
+
+    let out = msb(home, &["create", "--name", "box", &image]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "name exists: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).contains("already exists"));
+
+    let out = msb(home, &["ps", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "box");
+    assert_eq!(rows[0]["status"], "running");
+    assert_eq!(rows[0]["isolation"], "namespace");
+
+    let out = msb(home, &["rm", "box"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "still running: {}",
+        text(&out.stderr)
+    );
+    let out = msb(home, &["stop", "box"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb(home, &["inspect", "box"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["status"], "stopped");
+    let out = msb(home, &["rm", "box"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb(home, &["inspect", "box"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    for command in [
+        "run", "create", "stop", "exec", "ls", "inspect", "rm", "pull", "image", "doctor",
+    ] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+}
