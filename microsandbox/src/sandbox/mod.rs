@@ -20,6 +20,8 @@ use msb_core::sandbox::state::{Backend, SandboxName, SandboxRecord, StateStore};
 
 pub use builder::{DEFAULT_BOOT_TIMEOUT, SandboxBuilder};
 pub use exec::{ExecOutput, ExitStatus};
+/// Why a command could not start (see [`MicrosandboxError::ExecFailed`]).
+pub use msb_core::agent::ErrorKind as ExecErrorKind;
 pub use msb_core::sandbox::state::SandboxStatus;
 
 use crate::error::{MicrosandboxError, Result};

@@ -3,6 +3,7 @@
 
 mod doctor;
 mod image;
+mod sandbox;
 
 use std::error::Error as _;
 use std::process::ExitCode;
@@ -30,6 +31,23 @@ enum Command {
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Run a command in a new sandbox, print its output, stop and remove it; the
+    /// command's exit code becomes msb's (125: msb failed, 126: cannot
+    /// invoke, 127: not found).
+    Run(sandbox::RunArgs),
+    /// Create a sandbox that keeps running after msb exits; prints its name.
+    Create(sandbox::CreateArgs),
+    /// Stop a sandbox (gracefully, or at once with --force).
+    Stop(sandbox::StopArgs),
+    /// Run a command in a running sandbox.
+    Exec(sandbox::ExecArgs),
+    /// List sandboxes.
+    #[command(alias = "ps")]
+    Ls(sandbox::LsArgs),
+    /// Show one sandbox as JSON.
+    Inspect(sandbox::NameArgs),
+    /// Remove a stopped sandbox (--force: stop it first).
+    Rm(sandbox::NameArgs),
 }
 
 /// Exit codes scripts can rely on.
@@ -38,6 +56,8 @@ mod exit {
     pub const FAILED: u8 = 1;
     pub const NOT_FOUND: u8 = 3;
     pub const INVALID: u8 = 4;
+    pub const ALREADY_EXISTS: u8 = 5;
+    pub const STILL_RUNNING: u8 = 6;
 }
 
 fn main() -> ExitCode {
@@ -46,6 +66,26 @@ fn main() -> ExitCode {
         Command::Doctor(args) => return doctor::run(args),
         Command::Pull(args) => runtime().and_then(|rt| rt.block_on(image::pull(args))),
         Command::Image(command) => image::run(command),
+        Command::Run(args) => {
+            return match runtime().and_then(|rt| rt.block_on(sandbox::run(args))) {
+                Ok(code) => code,
+                Err(err) => {
+                    report(&err);
+                    sandbox::run_failed()
+                }
+            };
+        }
+        Command::Exec(args) => {
+            return match runtime().and_then(|rt| rt.block_on(sandbox::exec(args))) {
+                Ok(code) => code,
+                Err(err) => report(&err),
+            };
+        }
+        Command::Create(args) => runtime().and_then(|rt| rt.block_on(sandbox::create(args))),
+        Command::Stop(args) => runtime().and_then(|rt| rt.block_on(sandbox::stop(args))),
+        Command::Ls(args) => sandbox::ls(args),
+        Command::Inspect(args) => sandbox::inspect(args),
+        Command::Rm(args) => runtime().and_then(|rt| rt.block_on(sandbox::rm(args))),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,8 +117,14 @@ fn report(err: &MicrosandboxError) -> ExitCode {
     }
     eprintln!("msb: {line}");
     let code = match err {
-        MicrosandboxError::ImageNotFound { .. } => exit::NOT_FOUND,
-        MicrosandboxError::InvalidConfig { .. } => exit::INVALID,
+        MicrosandboxError::ImageNotFound { .. } | MicrosandboxError::SandboxNotFound { .. } => {
+            exit::NOT_FOUND
+        }
+        MicrosandboxError::InvalidConfig { .. } | MicrosandboxError::InvalidIsolation { .. } => {
+            exit::INVALID
+        }
+        MicrosandboxError::SandboxAlreadyExists { .. } => exit::ALREADY_EXISTS,
+        MicrosandboxError::SandboxStillRunning { .. } => exit::STILL_RUNNING,
         _ => exit::FAILED,
     };
     ExitCode::from(code)
