@@ -114,8 +114,7 @@ async fn run(spec: SandboxSpec, dir: &Path, started: Instant, mut reporter: Repo
         () = conn.closed() => StopCause::AgentExited,
     };
     tracing::info!(?cause, "stopping");
-    let mut clean = cause != StopCause::AgentExited;
-    if clean {
+    if cause != StopCause::AgentExited {
         let grace = spec.stop_grace();
         let grace_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
         if let Err(e) = conn.shutdown(grace_ms).await {
@@ -126,7 +125,6 @@ async fn run(spec: SandboxSpec, dir: &Path, started: Instant, mut reporter: Repo
             .is_err()
         {
             tracing::warn!("the agent did not exit in time: killing the sandbox");
-            clean = false;
         }
     }
     drop(pid1_exit);
@@ -142,11 +140,7 @@ async fn run(spec: SandboxSpec, dir: &Path, started: Instant, mut reporter: Repo
         SandboxStatus::Stopped
     };
     record_final(&spec, dir, status);
-    if clean || cause != StopCause::AgentExited {
-        0
-    } else {
-        1
-    }
+    i32::from(cause == StopCause::AgentExited)
 }
 
 /// Rootfs, console, cgroup and the agent as PID 1. Errors carry the stage.
@@ -252,12 +246,12 @@ fn teardown(booted: Booted, socket: &Path) {
     let Booted { mut child, cgroup } = booted;
     let _ = child.kill(libc::SIGKILL);
     let _ = child.wait();
-    if let Some(mut cgroup) = cgroup {
-        if cgroup.remove().is_err() {
-            let _ = cgroup.kill_all();
-            if let Err(e) = cgroup.remove() {
-                tracing::warn!(error = %e, "cannot remove the sandbox's cgroup");
-            }
+    if let Some(mut cgroup) = cgroup
+        && cgroup.remove().is_err()
+    {
+        let _ = cgroup.kill_all();
+        if let Err(e) = cgroup.remove() {
+            tracing::warn!(error = %e, "cannot remove the sandbox's cgroup");
         }
     }
     let _ = std::fs::remove_file(socket);
