@@ -2,8 +2,13 @@
 //! `msb-bench` (test-utils) in release mode.
 //!
 //! ```text
-//! cargo xtask bench images [--runs N]   ours against skopeo copy + umoci unpack
+//! cargo xtask bench images [--runs N]    ours against skopeo copy + umoci unpack
+//! cargo xtask bench sandbox [--runs N]   ours against bwrap and crun
 //! ```
+//!
+//! `sandbox` first builds the static guest agent (`xtask build-agent`) and
+//! the sandbox process `msb-sandbox` in release mode, next to `msb-bench`,
+//! where the runtime looks for it.
 //!
 //! The suites report; a missed target is printed, not an error.
 
@@ -16,11 +21,24 @@ use crate::layout::Layout;
 use crate::setup;
 
 /// The suites `msb-bench` knows.
-const SUITES: &[&str] = &["images"];
+const SUITES: &[&str] = &["images", "sandbox"];
 
 /// Debian packages the `images` suite needs: the peers it is measured
 /// against, debootstrap for the Debian fixture image and the registry.
 const IMAGES_PACKAGES: &[&str] = &["skopeo", "umoci", "debootstrap", "docker-registry"];
+
+/// Debian packages the `sandbox` suite needs: the peers it is measured
+/// against and the static busybox of the rootfs.
+const SANDBOX_PACKAGES: &[&str] = &["bubblewrap", "crun", "busybox-static"];
+
+/// The Debian packages of `suite`.
+fn packages(suite: &str) -> &'static [&'static str] {
+    match suite {
+        "images" => IMAGES_PACKAGES,
+        "sandbox" => SANDBOX_PACKAGES,
+        _ => &[],
+    }
+}
 
 pub fn run(root: &Path, suite: &str, args: &[String]) -> Result<()> {
     if !SUITES.contains(&suite) {
@@ -31,7 +49,19 @@ pub fn run(root: &Path, suite: &str, args: &[String]) -> Result<()> {
         .into());
     }
     setup::run(root)?;
-    setup::ensure_packages(IMAGES_PACKAGES)?;
+    setup::ensure_packages(packages(suite))?;
+    if suite == "sandbox" {
+        crate::agent::build(root)?;
+        cmd::run(Command::new(cmd::cargo()).current_dir(root).args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "microsandbox",
+            "--bin",
+            "msb-sandbox",
+        ]))?;
+    }
     let loader_path = crate::test::prepend_path(&Layout::new(root).lib_dir(), "LD_LIBRARY_PATH");
     cmd::run(
         Command::new(cmd::cargo())

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! msb-bench images [--runs N]
+//! msb-bench sandbox [--runs N]
 //! ```
 //!
 //! `images` pushes the realistic Debian fixture image to a local registry on
@@ -13,6 +14,10 @@
 //! the child's `ru_maxrss` from `wait4`. It prints min/median/max, our
 //! cold/peers ratio, the pull's own phase timings and whether the targets of
 //! the image issue are met. A missed target is reported, never an error.
+//!
+//! `sandbox` (see [`sandbox`]) measures namespace sandboxes on a busybox
+//! rootfs: create-to-ready, exec, stop, replace and idle memory, against
+//! `bwrap` and `crun` on the same tree.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -28,6 +33,8 @@ use msb_core::image::{PullOptions, Puller, Reference};
 use serde_json::json;
 use test_utils::images::{Compression, ImageBuilder, LayerBuilder, debian_image};
 use test_utils::registry::TestRegistry;
+
+mod sandbox;
 
 type Error = Box<dyn std::error::Error>;
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,6 +67,16 @@ enum Cmd {
         #[arg(long)]
         no_warmup: bool,
     },
+    /// Namespace sandboxes on a busybox rootfs: create-to-ready, exec,
+    /// stop, replace and idle memory, against `bwrap` and `crun`.
+    Sandbox {
+        /// Measured runs of each contender (after two unmeasured warm-ups).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
+        /// Skip the unmeasured warm-up runs.
+        #[arg(long)]
+        no_warmup: bool,
+    },
     /// One pull in this process, reported as a JSON line on stdout (the
     /// child `images` measures).
     #[command(hide = true)]
@@ -86,6 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Cmd::Images { runs, no_warmup } => images(runs as usize, !no_warmup),
+        Cmd::Sandbox { runs, no_warmup } => sandbox::run(runs as usize, !no_warmup),
         Cmd::PullOnce {
             home,
             reference,
