@@ -409,3 +409,45 @@ async fn a_microvm_that_cannot_run_fails_promptly_with_the_reason(env: TestEnv) 
     // Nothing is left: no record, no process.
     assert!(Sandbox::list_in(env.home()).unwrap().is_empty());
 }
+
+#[msb_test]
+async fn limits_put_the_sandbox_in_its_cgroup_and_stop_removes_it(env: TestEnv) {
+    if env.isolation() != "namespace" {
+        println!("skipped: cgroup limits apply to namespace isolation");
+        return;
+    }
+    let image = env.busybox();
+    let sb = builder(&env, "limited", &image)
+        .memory(128)
+        .cpus(1)
+        .pids(64)
+        .create()
+        .await
+        .unwrap();
+    // Every cgroup line of a process inside names the sandbox's cgroup for
+    // the limited controllers (v1 here: memory, cpu, pids).
+    let out = sb.exec("cat", ["/proc/self/cgroup"]).await.unwrap();
+    let text = out.stdout_str();
+    let limited: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("memory") || l.contains("pids") || l.starts_with("0::"))
+        .collect();
+    assert!(
+        limited.iter().any(|l| l.ends_with("/microsandbox/limited")),
+        "{text}"
+    );
+    let dirs: Vec<std::path::PathBuf> = ["memory", "pids", "cpu,cpuacct", "unified"]
+        .iter()
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("microsandbox/limited")
+        })
+        .filter(|p| p.exists())
+        .collect();
+    assert!(!dirs.is_empty(), "the sandbox's cgroup directories exist");
+    sb.stop_and_wait().await.unwrap();
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} is removed on stop", dir.display());
+    }
+}
