@@ -68,6 +68,23 @@ pub enum MicrosandboxError {
         /// The agent's detail.
         message: String,
     },
+    /// A command ran longer than its timeout and was killed.
+    #[error("command {command:?} in sandbox {name:?} timed out after {timeout:?} and was killed")]
+    ExecTimeout {
+        /// The sandbox's name.
+        name: String,
+        /// The command.
+        command: String,
+        /// The timeout it had.
+        timeout: std::time::Duration,
+    },
+    /// The command's stdin is closed (it closed it, or it ended); its
+    /// output can still be read.
+    #[error("stdin of a command in sandbox {name:?} is closed")]
+    StdinClosed {
+        /// The sandbox's name.
+        name: String,
+    },
     /// A sandbox of that name exists already (running or not) and
     /// `replace()` was not asked for.
     #[error("sandbox {name:?} already exists (use replace() to take it over, or remove it first)")]

@@ -353,6 +353,10 @@ pub enum Error {
         /// The last lines of the guest console (may be empty).
         console_tail: String,
     },
+    /// The command's stdin is closed (the process closed it, or it ended);
+    /// its output can still be read.
+    #[error("the command's stdin is closed")]
+    StdinClosed,
     /// The guest agent refused or failed a request.
     #[error("the sandbox's agent answered {kind:?}: {message}")]
     AgentRefused {

@@ -19,7 +19,7 @@ use msb_core::sandbox::spec::SandboxSpec;
 use msb_core::sandbox::state::{Backend, SandboxName, SandboxRecord, StateStore};
 
 pub use builder::{DEFAULT_BOOT_TIMEOUT, SandboxBuilder};
-pub use exec::{ExecOutput, ExitStatus};
+pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput, ExecStdin, ExitStatus, Stdin};
 /// Why a command could not start (see [`MicrosandboxError::ExecFailed`]).
 pub use msb_core::agent::ErrorKind as ExecErrorKind;
 pub use msb_core::sandbox::state::SandboxStatus;

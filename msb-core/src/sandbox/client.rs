@@ -65,6 +65,14 @@ impl AgentConnection {
         &self.ready
     }
 
+    /// The connection's frame reader and writer, for a session that owns
+    /// the connection (e.g. a streaming exec).
+    pub(crate) fn into_parts(
+        self,
+    ) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
+        (self.reader, self.writer)
+    }
+
     /// Asks the agent to stop every process (SIGTERM, SIGKILL after
     /// `grace_ms`) and end the sandbox.
     pub async fn shutdown(&mut self, grace_ms: u32) -> Result<()> {
