@@ -68,6 +68,20 @@ pub enum MicrosandboxError {
         /// The agent's detail.
         message: String,
     },
+    /// A file operation in the sandbox failed (the path is missing, is a
+    /// directory, a directory is not empty, ...); see
+    /// [`SandboxFs`](crate::sandbox::SandboxFs).
+    #[error("{kind:?} for {path:?} in sandbox {name:?}: {message}")]
+    Fs {
+        /// The sandbox's name.
+        name: String,
+        /// The path (inside the sandbox) the operation was on.
+        path: String,
+        /// Why, as the guest agent classified it.
+        kind: crate::sandbox::FsErrorKind,
+        /// The agent's detail.
+        message: String,
+    },
     /// A command ran longer than its timeout and was killed.
     #[error("command {command:?} in sandbox {name:?} timed out after {timeout:?} and was killed")]
     ExecTimeout {

@@ -26,5 +26,6 @@ pub mod sandbox;
 
 pub use error::{MicrosandboxError, Result};
 pub use sandbox::{
-    ExecOutput, ExitStatus, Isolation, Sandbox, SandboxBuilder, SandboxInfo, SandboxStatus,
+    ExecOutput, ExitStatus, FsErrorKind, Isolation, Sandbox, SandboxBuilder, SandboxFs,
+    SandboxInfo, SandboxStatus,
 };

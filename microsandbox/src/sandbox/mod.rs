@@ -8,6 +8,7 @@
 
 mod builder;
 mod exec;
+mod fs;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use msb_core::sandbox::state::{Backend, SandboxName, SandboxRecord, StateStore};
 
 pub use builder::{DEFAULT_BOOT_TIMEOUT, SandboxBuilder};
 pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput, ExecStdin, ExitStatus, Stdin};
+pub use fs::{DirEntry, FileReader, FileType, FsErrorKind, Metadata, SandboxFs};
 /// Why a command could not start (see [`MicrosandboxError::ExecFailed`]).
 pub use msb_core::agent::ErrorKind as ExecErrorKind;
 pub use msb_core::sandbox::state::SandboxStatus;

@@ -73,6 +73,25 @@ impl AgentConnection {
         (self.reader, self.writer)
     }
 
+    /// A fresh stream id for an operation on this connection (the file
+    /// operations of [`files`](super::files)).
+    pub(crate) fn new_stream_id(&mut self) -> u32 {
+        let stream = self.next_stream;
+        self.next_stream += 2;
+        stream
+    }
+
+    /// The connection's reader and writer, for an operation on this
+    /// connection (the file operations of [`files`](super::files)).
+    pub(crate) fn io_mut(
+        &mut self,
+    ) -> (
+        &mut FrameReader<OwnedReadHalf>,
+        &mut FrameWriter<OwnedWriteHalf>,
+    ) {
+        (&mut self.reader, &mut self.writer)
+    }
+
     /// Asks the agent to stop every process (SIGTERM, SIGKILL after
     /// `grace_ms`) and end the sandbox.
     pub async fn shutdown(&mut self, grace_ms: u32) -> Result<()> {

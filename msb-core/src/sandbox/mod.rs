@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod client;
 pub mod control;
 pub mod exec;
+pub mod files;
 pub mod lifecycle;
 pub mod namespace;
 pub mod process;

@@ -1,5 +1,5 @@
 //! One host connection: its handshake, its stream ids, its writer, its
-//! execs.
+//! execs and file operations.
 //!
 //! Connections are independent: each has its own stream-id space and its
 //! own writer task. When one ends (EOF or an error), the processes its execs
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::channel::{ChannelReader, ChannelWriter};
 use crate::exec::{self, Control};
+use crate::fs;
 use crate::lifecycle::Agent;
 use crate::writer::{self, Out};
 use crate::{SOFTWARE, micros};
@@ -106,6 +107,7 @@ async fn dispatch(
 ) -> End {
     let mut used: HashSet<u32> = HashSet::new();
     let mut streams: HashMap<u32, mpsc::UnboundedSender<Control>> = HashMap::new();
+    let mut fs_streams: HashMap<u32, mpsc::UnboundedSender<fs::Control>> = HashMap::new();
     loop {
         let read = tokio::select! {
             biased;
@@ -129,6 +131,13 @@ async fn dispatch(
                 && tx.send(c).is_err()
             {
                 streams.remove(&stream);
+            }
+        };
+        let to_fs = |fs_streams: &mut HashMap<u32, mpsc::UnboundedSender<fs::Control>>, c| {
+            if let Some(tx) = fs_streams.get(&stream)
+                && tx.send(c).is_err()
+            {
+                fs_streams.remove(&stream);
             }
         };
         match frame.message {
@@ -160,16 +169,8 @@ async fn dispatch(
                     rx,
                 ));
             }
-            Message::FsRequest(_) => {
-                if used.insert(stream) {
-                    reply_error(
-                        out,
-                        stream,
-                        ErrorKind::Unsupported,
-                        "file operations are not supported yet",
-                    )
-                    .await;
-                } else {
+            Message::FsRequest(req) => {
+                if !used.insert(stream) {
                     reply_error(
                         out,
                         stream,
@@ -177,16 +178,25 @@ async fn dispatch(
                         "stream id already used",
                     )
                     .await;
+                    continue;
                 }
+                let (tx, rx) = mpsc::unbounded_channel();
+                fs_streams.insert(stream, tx);
+                tokio::task::spawn_local(fs::run(stream, req, out.clone(), rx));
             }
+            Message::FileChunk(data) => to_fs(&mut fs_streams, fs::Control::Chunk(data)),
+            Message::FileEnd => to_fs(&mut fs_streams, fs::Control::End),
             Message::WindowUpdate { increment } => {
-                to_stream(&mut streams, Control::Window(increment))
+                to_stream(&mut streams, Control::Window(increment));
+                to_fs(&mut fs_streams, fs::Control::Window(increment));
             }
             Message::Signal { signal } => to_stream(&mut streams, Control::Signal(signal)),
             Message::Kill => to_stream(&mut streams, Control::Kill),
             Message::Reset => {
                 to_stream(&mut streams, Control::Reset);
                 streams.remove(&stream);
+                to_fs(&mut fs_streams, fs::Control::Reset);
+                fs_streams.remove(&stream);
             }
             Message::Stdin(data) => to_stream(&mut streams, Control::Stdin(data)),
             Message::StdinClose => to_stream(&mut streams, Control::StdinClose),

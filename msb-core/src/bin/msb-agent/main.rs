@@ -14,6 +14,10 @@
 //!   the stream's send window; `Signal`, `Kill`, `Reset`, `WindowUpdate`,
 //!   `Stdin` and `StdinClose` reach the stream's task (piped stdin is written
 //!   by a per-stream writer under the stream's receive window);
+//! - `FsRequest`: one task per stream ([`fs`]); `Read` content goes out
+//!   under the stream's send window, `Write` content comes in under its
+//!   receive window (`FileChunk`, `FileEnd`, `WindowUpdate`, `Reset` reach
+//!   the stream's task);
 //! - `Ping` → `Pong`;
 //! - the end of a connection SIGKILLs the processes its execs started (in
 //!   `MSB_AGENT_FD` mode it is `Shutdown{0}` instead);
@@ -24,13 +28,14 @@
 //! - zombies are reaped by one reaper ([`reaper`]) that never steals the
 //!   status of a process an exec is waiting for.
 //!
-//! Not yet: ttys, `user`, file operations (all answered
-//! `Error{Unsupported}`), forwarding signals sent to the agent itself.
+//! Not yet: ttys, `user` (answered `Error{Unsupported}`), forwarding
+//! signals sent to the agent itself.
 
 mod channel;
 mod connection;
 mod exec;
 mod fdstream;
+mod fs;
 mod init;
 mod lifecycle;
 mod reaper;
