@@ -24,6 +24,12 @@ pub mod host;
 pub mod image;
 pub mod sandbox;
 
+/// The host's terminal, for interactive commands: its window size and raw
+/// mode.
+pub mod term {
+    pub use msb_core::term::{RawMode, window_size};
+}
+
 pub use error::{MicrosandboxError, Result};
 pub use sandbox::{
     ExecOutput, ExitStatus, FsErrorKind, Isolation, Sandbox, SandboxBuilder, SandboxFs,

@@ -130,3 +130,94 @@ fn help_lists_the_commands() {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
 }
+
+#[test]
+fn logs_start_and_stop_with_a_timeout() {
+    let env = env();
+    let image = env.busybox();
+    let home = env.home();
+    let out = msb(home, &["create", "--name", "lg", &image]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb(
+        home,
+        &[
+            "exec",
+            "lg",
+            "--",
+            "sh",
+            "-c",
+            "echo to-the-console > /proc/1/fd/1; echo kept > /root/kept",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb(home, &["logs", "lg", "--source", "console"]);
+    assert!(
+        text(&out.stdout).contains("to-the-console"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = msb(home, &["logs", "lg", "--source", "runtime", "--tail", "1"]);
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A command ignoring SIGTERM is killed after the timeout.
+    let out = msb(
+        home,
+        &["exec", "lg", "--", "sh", "-c", "busybox setsid sh -c \"trap '' TERM; sleep 60\" >/dev/null 2>&1 &"],
+    );
+    assert!(out.status.success());
+    let started = std::time::Instant::now();
+    let out = msb(home, &["stop", "lg", "--timeout", "0.5"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+
+    // Started again, with its files as it left them.
+    let out = msb(home, &["start", "lg"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb(home, &["exec", "lg", "--", "cat", "/root/kept"]);
+    assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
+    let out = msb(home, &["start", "lg"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "already running: {}",
+        text(&out.stderr)
+    );
+    let out = msb(home, &["rm", "--force", "lg"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn exec_streams_stdin_with_dash_i_and_completions_exist() {
+    let env = env();
+    let image = env.busybox();
+    let home = env.home();
+    assert!(
+        msb(home, &["create", "--name", "io", &image])
+            .status
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb"))
+        .args(["exec", "-i", "io", "--", "sh", "-c", "tr a-z A-Z"])
+        .env("MSB_HOME", home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "SHOUT\n");
+    assert!(msb(home, &["rm", "-f", "io"]).status.success());
+
+    let out = msb(home, &["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("_msb"),
+        "a bash completion function"
+    );
+}

@@ -17,5 +17,6 @@ pub mod kvm;
 pub mod paths;
 pub mod rootfs;
 pub mod sandbox;
+pub mod term;
 
 pub use error::{Error, Result};

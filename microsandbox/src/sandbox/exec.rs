@@ -335,7 +335,7 @@ impl Sandbox {
             Stdin::Bytes(bytes) => Some(bytes.clone()),
             _ => None,
         };
-        let handle = self.start(command, options).await?;
+        let handle = self.start_exec(command, options).await?;
         if let Some(bytes) = bytes {
             let stdin = handle.stdin();
             tokio::spawn(async move {
@@ -378,10 +378,10 @@ impl Sandbox {
         command: &str,
         options: impl FnOnce(ExecOptions) -> ExecOptions,
     ) -> Result<ExecHandle> {
-        self.start(command, options(ExecOptions::default())).await
+        self.start_exec(command, options(ExecOptions::default())).await
     }
 
-    async fn start(&self, command: &str, options: ExecOptions) -> Result<ExecHandle> {
+    async fn start_exec(&self, command: &str, options: ExecOptions) -> Result<ExecHandle> {
         let mut argv = vec![command.to_owned()];
         argv.extend(options.args);
         let mut env = self.inner.env.clone();

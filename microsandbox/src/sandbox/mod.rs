@@ -9,6 +9,7 @@
 mod builder;
 mod exec;
 mod fs;
+mod logs;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use msb_core::sandbox::spec::SandboxSpec;
 use msb_core::sandbox::state::{Backend, SandboxName, SandboxRecord, StateStore};
 
 pub use builder::{DEFAULT_BOOT_TIMEOUT, SandboxBuilder};
+pub use logs::{LogFollower, LogLine, LogOptions, LogSource};
 pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput, ExecStdin, ExitStatus, Stdin};
 pub use fs::{DirEntry, FileReader, FileType, FsErrorKind, Metadata, SandboxFs};
 /// Why a command could not start (see [`MicrosandboxError::ExecFailed`]).
@@ -228,6 +230,45 @@ impl Sandbox {
             .map_err(|e| MicrosandboxError::from_sandbox(name.as_str(), e))
     }
 
+    /// Starts the stopped (or crashed) sandbox `name` again, detached, with
+    /// its root filesystem as it was left; returns a (non-owning) handle once
+    /// it is ready. [`MicrosandboxError::SandboxStillRunning`] if it runs.
+    pub async fn start(name: &str) -> Result<Sandbox> {
+        Self::start_in(msb_core::paths::state_home(), name).await
+    }
+
+    /// [`start`](Self::start) in state home `home`.
+    pub async fn start_in(home: impl AsRef<Path>, name: &str) -> Result<Sandbox> {
+        let home = home.as_ref();
+        let (store, sandbox_name) = open(home, name)?;
+        let fail = |e| MicrosandboxError::from_sandbox(name, e);
+        let record = store
+            .get(&sandbox_name)
+            .map_err(fail)?
+            .ok_or_else(|| MicrosandboxError::SandboxNotFound {
+                name: name.to_owned(),
+            })?;
+        let isolation = Isolation::of(record.backend);
+        let doomed_vm = match isolation {
+            Isolation::Microvm => {
+                let verdict = crate::host::probe().verdict;
+                (!verdict.can_run_microvm()).then_some(verdict)
+            }
+            Isolation::Namespace => None,
+        };
+        let options = lifecycle::CreateOptions {
+            replace: None,
+            detached: true,
+            program: msb_core::sandbox::programs::sandbox_program(home).map_err(fail)?,
+            doomed_vm,
+        };
+        let launched = lifecycle::start(home, &sandbox_name, &options)
+            .await
+            .map_err(fail)?;
+        drop(launched);
+        Self::get_in(home, name)
+    }
+
     pub(crate) fn from_launched(
         home: PathBuf,
         isolation: Isolation,
@@ -293,6 +334,19 @@ impl Sandbox {
             .ok()
             .and_then(|r| r.live_process())
             .map(|p| p.pid)
+    }
+
+    /// Stops the sandbox and waits for it, killing it if it has not ended
+    /// after `timeout`; returns the final status.
+    pub async fn stop_with_timeout(&self, timeout: std::time::Duration) -> Result<SandboxStatus> {
+        lifecycle::stop_with_timeout(
+            &self.inner.store,
+            &self.inner.name,
+            &self.inner.instance,
+            timeout,
+        )
+        .await
+        .map_err(|e| self.error(e))
     }
 
     /// Asks the sandbox to stop and returns at once: its processes get

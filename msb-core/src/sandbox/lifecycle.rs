@@ -95,29 +95,7 @@ pub async fn create(
     let reservation = store.create(&name, spec.to_json(), spec.backend)?;
     spec.instance_id = reservation.instance_id().to_owned();
     let dir = reservation.dir();
-    let io = |op, path: PathBuf| move |source| Error::Io { op, path, source };
-    spec.write_to(&dir)?;
-    if options.detached {
-        let marker = dir.join(DETACHED_MARKER);
-        std::fs::write(&marker, b"").map_err(io("create", marker))?;
-    }
-    let log_path = dir.join(RUNTIME_LOG);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io("open", log_path.clone()))?;
-    let mut child = Command::new(&options.program)
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        // Its own process group: a terminal's Ctrl-C reaches the creator,
-        // which decides; the sandbox process watches the creator anyway.
-        .process_group(0)
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(io("spawn sandbox process", options.program.clone()))?;
+    let mut child = spawn_process(&spec, &dir, options)?;
     let Some(process) = child.id().and_then(ProcessIdentity::of) else {
         let status = child.wait().await;
         let _ = reservation.abandon();
@@ -145,6 +123,91 @@ pub async fn create(
             if let Err(remove) = store.remove(&name) {
                 tracing::warn!(sandbox = %name, error = %remove, "cannot remove a sandbox that failed to boot");
             }
+            Err(e)
+        }
+    }
+}
+
+/// Writes the spec (and the detached marker) into `dir` and starts the
+/// sandbox process on it, its stderr appended to the runtime log.
+fn spawn_process(spec: &SandboxSpec, dir: &Path, options: &CreateOptions) -> Result<Child> {
+    let io = |op, path: PathBuf| move |source| Error::Io { op, path, source };
+    spec.write_to(dir)?;
+    let marker = dir.join(DETACHED_MARKER);
+    if options.detached {
+        std::fs::write(&marker, b"").map_err(io("create", marker))?;
+    } else if let Err(e) = std::fs::remove_file(&marker)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(io("remove", marker)(e));
+    }
+    let log_path = dir.join(RUNTIME_LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io("open", log_path.clone()))?;
+    Command::new(&options.program)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        // Its own process group: a terminal's Ctrl-C reaches the creator,
+        // which decides; the sandbox process watches the creator anyway.
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(io("spawn sandbox process", options.program.clone()))
+}
+
+/// Starts the stopped (or crashed) sandbox `name` again, with its rootfs
+/// as it was left, and waits until it is ready. `options.replace` is
+/// ignored. [`Error::SandboxStillRunning`] if it runs.
+pub async fn start(home: &Path, name: &SandboxName, options: &CreateOptions) -> Result<Launched> {
+    let store = StateStore::open(home)?;
+    let record = store.get(name)?.ok_or_else(|| Error::SandboxNotFound {
+        name: name.to_string(),
+    })?;
+    if let Some(process) = record.live_process() {
+        return Err(Error::SandboxStillRunning {
+            name: name.to_string(),
+            pid: process.pid,
+        });
+    }
+    let dir = store.sandbox_dir(name);
+    let mut spec = SandboxSpec::read_from(&dir)?;
+    spec.creator = ProcessIdentity::current();
+    let mut child = spawn_process(&spec, &dir, options)?;
+    let claimed = child
+        .id()
+        .and_then(ProcessIdentity::of)
+        .ok_or_else(|| boot_failed(&spec, &dir, "sandbox process", "exited at once".into()))
+        .and_then(|process| {
+            store
+                .set_running_if_down(name, &record.instance_id, process)
+                .map(|record| (process, record))
+        });
+    let (process, record) = match claimed {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            // Someone else started it meanwhile, or ours died at once.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
+    };
+    match wait_ready(&mut child, &spec, &dir, options.doomed_vm.as_ref()).await {
+        Ok(ready) => Ok(Launched {
+            record,
+            process,
+            child,
+            ready,
+        }),
+        Err(e) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            cleanup_cgroup(name, spec.backend);
+            let _ = store.set_final_status(name, &record.instance_id, SandboxStatus::Crashed);
             Err(e)
         }
     }
@@ -345,6 +408,18 @@ pub async fn stop_and_wait(
 ) -> Result<SandboxStatus> {
     let record = record_of(store, name, instance)?;
     end_process(store, &record, Some(grace_of(&record) + STOP_SLACK)).await
+}
+
+/// Like [`stop_and_wait`] with the SIGKILL after `timeout` instead of the
+/// sandbox's own grace.
+pub async fn stop_with_timeout(
+    store: &StateStore,
+    name: &SandboxName,
+    instance: &str,
+    timeout: Duration,
+) -> Result<SandboxStatus> {
+    let record = record_of(store, name, instance)?;
+    end_process(store, &record, Some(timeout)).await
 }
 
 /// Kills the sandbox at once (SIGKILL to its process, which takes the

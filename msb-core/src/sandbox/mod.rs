@@ -18,6 +18,7 @@ pub mod control;
 pub mod exec;
 pub mod files;
 pub mod lifecycle;
+pub mod logs;
 pub mod namespace;
 pub mod process;
 pub mod programs;

@@ -39,6 +39,15 @@ enum Command {
     Create(sandbox::CreateArgs),
     /// Stop a sandbox (gracefully, or at once with --force).
     Stop(sandbox::StopArgs),
+    /// Start a stopped sandbox again (detached), its files as it left them.
+    Start(sandbox::StartArgs),
+    /// Print a sandbox's console and runtime logs.
+    Logs(sandbox::LogsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Run a command in a running sandbox.
     Exec(sandbox::ExecArgs),
     /// List sandboxes.
@@ -83,7 +92,14 @@ fn main() -> ExitCode {
         }
         Command::Create(args) => runtime().and_then(|rt| rt.block_on(sandbox::create(args))),
         Command::Stop(args) => runtime().and_then(|rt| rt.block_on(sandbox::stop(args))),
+        Command::Start(args) => runtime().and_then(|rt| rt.block_on(sandbox::start(args))),
+        Command::Logs(args) => runtime().and_then(|rt| rt.block_on(sandbox::logs(args))),
         Command::Ls(args) => sandbox::ls(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "msb", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Inspect(args) => sandbox::inspect(args),
         Command::Rm(args) => runtime().and_then(|rt| rt.block_on(sandbox::rm(args))),
     };
@@ -115,7 +131,12 @@ fn report(err: &MicrosandboxError) -> ExitCode {
         }
         source = cause.source();
     }
-    eprintln!("msb: {line}");
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // Bold red "msb:" only on a terminal; pipes and files get plain text.
+        eprintln!("\x1b[1;31mmsb:\x1b[0m {line}");
+    } else {
+        eprintln!("msb: {line}");
+    }
     let code = match err {
         MicrosandboxError::ImageNotFound { .. } | MicrosandboxError::SandboxNotFound { .. } => {
             exit::NOT_FOUND

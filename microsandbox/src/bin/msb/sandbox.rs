@@ -3,8 +3,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::os::fd::AsFd;
+
 use clap::{Args as ClapArgs, ValueEnum};
-use microsandbox::{Isolation, MicrosandboxError, Result, Sandbox, SandboxBuilder, SandboxInfo};
+use microsandbox::sandbox::{ExecErrorKind, ExecEvent, ExecOptions, LogOptions, LogSource};
+use microsandbox::{
+    ExitStatus, Isolation, MicrosandboxError, Result, Sandbox, SandboxBuilder, SandboxInfo, term,
+};
 
 /// Exit codes of `msb run` when the command did not run (as Docker's).
 const RUN_FAILED: u8 = 125;
@@ -57,6 +62,8 @@ pub struct CreateFlags {
 pub struct RunArgs {
     #[command(flatten)]
     flags: CreateFlags,
+    #[command(flatten)]
+    io: IoFlags,
     /// Image reference, or a rootfs directory (starting with `/` or `.`).
     image: String,
     /// The command and its arguments (default: `sh`).
@@ -81,6 +88,56 @@ pub struct StopArgs {
     /// Kill at once instead of a graceful stop.
     #[arg(long, short = 'f')]
     force: bool,
+    /// Seconds to wait after SIGTERM before SIGKILL (default: the
+    /// sandbox's stop grace).
+    #[arg(long, short = 't', value_name = "SECONDS")]
+    timeout: Option<f64>,
+}
+
+/// `msb start`.
+#[derive(Debug, ClapArgs)]
+pub struct StartArgs {
+    /// The stopped sandbox.
+    name: String,
+}
+
+/// `msb logs`.
+#[derive(Debug, ClapArgs)]
+pub struct LogsArgs {
+    /// The sandbox.
+    name: String,
+    /// Only the last N lines of each log.
+    #[arg(long, short = 'n', value_name = "N")]
+    tail: Option<usize>,
+    /// Keep printing new lines until the sandbox stops.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Which log: console (the guest's output), runtime (the sandbox
+    /// process's), or both.
+    #[arg(long, value_enum, default_value_t = LogWhich::All)]
+    source: LogWhich,
+}
+
+/// `--source` of `msb logs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogWhich {
+    /// The guest console.
+    Console,
+    /// The sandbox process's log.
+    Runtime,
+    /// Both.
+    All,
+}
+
+/// How a command's terminal and stdin are wired.
+#[derive(Debug, ClapArgs)]
+pub struct IoFlags {
+    /// Run on a pseudo-terminal (when msb's own stdin and stdout are one).
+    #[arg(long, short = 't')]
+    tty: bool,
+    /// Forward msb's stdin to the command.
+    #[arg(long, short = 'i')]
+    interactive: bool,
 }
 
 /// `msb exec`.
@@ -88,6 +145,17 @@ pub struct StopArgs {
 pub struct ExecArgs {
     /// The sandbox.
     name: String,
+    #[command(flatten)]
+    io: IoFlags,
+    /// An environment variable for the command, NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// The command's working directory.
+    #[arg(long, short = 'w')]
+    workdir: Option<String>,
+    /// Run as this user (name, uid, uid:gid).
+    #[arg(long, short = 'u')]
+    user: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -176,7 +244,8 @@ fn generated_name(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:08x}", std::process::id())
 }
 
-/// `msb run`: an ephemeral sandbox; the command's exit code becomes ours.
+/// `msb run`: an ephemeral sandbox; the command's output is streamed and
+/// its exit code becomes ours.
 pub async fn run(args: &RunArgs) -> std::result::Result<ExitCode, MicrosandboxError> {
     let builder = args.flags.builder(&args.image, || generated_name("run"))?;
     let sb = builder.create().await?;
@@ -184,34 +253,109 @@ pub async fn run(args: &RunArgs) -> std::result::Result<ExitCode, MicrosandboxEr
         Some((cmd, rest)) => (cmd.clone(), rest.to_vec()),
         None => ("sh".to_owned(), Vec::new()),
     };
-    let result = sb.exec(&cmd, rest).await;
+    let result = stream(&sb, &cmd, ExecOptions::default().args(rest), &args.io).await;
     let _ = sb.stop_and_wait().await;
     let _ = sb.remove_self();
+    command_exit(result)
+}
+
+/// The exit code for a streamed command's outcome: its own, or 126/127
+/// when it could not start.
+fn command_exit(result: Result<ExitStatus>) -> std::result::Result<ExitCode, MicrosandboxError> {
     match result {
-        Ok(out) => {
-            use std::io::Write;
-            let _ = std::io::stdout().write_all(&out.stdout);
-            let _ = std::io::stderr().write_all(&out.stderr);
-            let code = match out.status {
-                microsandbox::ExitStatus::Code(c) => u8::try_from(c & 0xff).unwrap_or(1),
-                microsandbox::ExitStatus::Signal { signal, .. } => {
-                    u8::try_from(128 + (signal & 0x7f)).unwrap_or(1)
-                }
-            };
-            Ok(ExitCode::from(code))
-        }
+        Ok(status) => Ok(ExitCode::from(status_code(status))),
         Err(e @ MicrosandboxError::ExecFailed { kind, .. }) => {
             eprintln!("msb: {e}");
-            Ok(ExitCode::from(
-                if kind == microsandbox::sandbox::ExecErrorKind::NotFound {
-                    COMMAND_NOT_FOUND
-                } else {
-                    CANNOT_INVOKE
-                },
-            ))
+            Ok(ExitCode::from(if kind == ExecErrorKind::NotFound {
+                COMMAND_NOT_FOUND
+            } else {
+                CANNOT_INVOKE
+            }))
         }
         Err(e) => Err(e),
     }
+}
+
+fn status_code(status: ExitStatus) -> u8 {
+    match status {
+        ExitStatus::Code(c) => u8::try_from(c & 0xff).unwrap_or(1),
+        ExitStatus::Signal { signal, .. } => u8::try_from(128 + (signal & 0x7f)).unwrap_or(1),
+    }
+}
+
+/// Runs a command, streaming its output to ours (and our stdin to it with
+/// `-i`; on a pseudo-terminal in raw mode with `-t`).
+async fn stream(
+    sb: &Sandbox,
+    cmd: &str,
+    mut options: ExecOptions,
+    io: &IoFlags,
+) -> Result<ExitStatus> {
+    use std::io::{IsTerminal, Write};
+    let tty = io.tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if tty {
+        let (rows, cols) = term::window_size(std::io::stdout().as_fd()).unwrap_or((24, 80));
+        options = options.tty(rows, cols);
+    }
+    if io.interactive || tty {
+        options = options.stdin_pipe();
+    }
+    let mut handle = sb.exec_stream(cmd, |_| options).await?;
+    let stdin_fd = std::io::stdin();
+    let _raw = if tty {
+        term::RawMode::enable(stdin_fd.as_fd())
+    } else {
+        None
+    };
+    if io.interactive || tty {
+        forward_stdin(handle.stdin());
+    }
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    while let Some(event) = handle.next().await {
+        match event? {
+            ExecEvent::Stdout(bytes) => {
+                let _ = stdout.write_all(&bytes).and_then(|()| stdout.flush());
+            }
+            ExecEvent::Stderr(bytes) => {
+                let _ = stderr.write_all(&bytes).and_then(|()| stderr.flush());
+            }
+            ExecEvent::Exited(status) => return Ok(status),
+            ExecEvent::Started { .. } => {}
+        }
+    }
+    Err(MicrosandboxError::SandboxNotFound {
+        name: sb.name().to_owned(),
+    })
+}
+
+/// Copies our stdin into the command's, from a thread (reads block), until
+/// EOF; then closes the command's stdin.
+fn forward_stdin(sink: microsandbox::sandbox::ExecStdin) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if sink.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        sink.close();
+    });
 }
 
 /// Exit code for a `run` that failed before its command ran.
@@ -233,27 +377,92 @@ pub async fn create(args: &CreateArgs) -> Result<()> {
 /// `msb stop`.
 pub async fn stop(args: &StopArgs) -> Result<()> {
     let sb = Sandbox::get(&args.name)?;
-    let status = if args.force {
-        sb.kill().await?
-    } else {
-        sb.stop_and_wait().await?
+    let status = match (args.force, args.timeout) {
+        (true, _) => sb.kill().await?,
+        (false, Some(secs)) => {
+            sb.stop_with_timeout(Duration::from_secs_f64(secs.max(0.0)))
+                .await?
+        }
+        (false, None) => sb.stop_and_wait().await?,
     };
     eprintln!("msb: {} {}", args.name, status_word(status));
     Ok(())
 }
 
-/// `msb exec`: runs the command, prints its output, returns its exit code.
-pub async fn exec(args: &ExecArgs) -> Result<ExitCode> {
+/// `msb exec`: streams the command's output; returns its exit code.
+pub async fn exec(args: &ExecArgs) -> std::result::Result<ExitCode, MicrosandboxError> {
     let sb = Sandbox::get(&args.name)?;
     let (cmd, rest) = args.command.split_first().expect("clap requires a command");
-    let out = sb.exec(cmd, rest.to_vec()).await?;
-    use std::io::Write;
-    let _ = std::io::stdout().write_all(&out.stdout);
-    let _ = std::io::stderr().write_all(&out.stderr);
-    Ok(ExitCode::from(
-        out.code()
-            .map_or(1, |c| u8::try_from(c & 0xff).unwrap_or(1)),
-    ))
+    let mut options = ExecOptions::default().args(rest.iter().cloned());
+    for pair in &args.env {
+        let (k, v) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+        options = options.env(k, v);
+    }
+    if let Some(dir) = &args.workdir {
+        options = options.cwd(dir);
+    }
+    if let Some(user) = &args.user {
+        options = options.user(user);
+    }
+    command_exit(stream(&sb, cmd, options, &args.io).await)
+}
+
+/// `msb start`: starts a stopped sandbox again (detached).
+pub async fn start(args: &StartArgs) -> Result<()> {
+    let sb = Sandbox::start(&args.name).await?;
+    eprintln!("msb: {} running", sb.name());
+    Ok(())
+}
+
+/// `msb logs`.
+pub async fn logs(args: &LogsArgs) -> Result<()> {
+    let sb = Sandbox::get(&args.name)?;
+    let sources: Vec<LogSource> = match args.source {
+        LogWhich::Console => vec![LogSource::Console],
+        LogWhich::Runtime => vec![LogSource::Runtime],
+        LogWhich::All => LogSource::ALL.to_vec(),
+    };
+    let prefix = sources.len() > 1;
+    let print = |line: &microsandbox::sandbox::LogLine| {
+        if prefix {
+            println!("{:<8} {}", line.source.name(), line.text);
+        } else {
+            println!("{}", line.text);
+        }
+    };
+    // Followers first, so nothing written between the read and the follow
+    // is lost.
+    let mut followers = if args.follow {
+        sb.follow_logs(&sources)?
+    } else {
+        Vec::new()
+    };
+    let mut options = LogOptions::default().sources(sources.iter().copied());
+    if let Some(tail) = args.tail {
+        options = options.tail(tail);
+    }
+    for line in sb.logs(options)? {
+        print(&line);
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
+        let running = sb.status()? == microsandbox::SandboxStatus::Running;
+        for follower in &mut followers {
+            for line in follower.poll().map_err(|e| MicrosandboxError::Io {
+                op: "follow log",
+                path: sb.state_dir(),
+                source: std::io::Error::other(e.to_string()),
+            })? {
+                print(&line);
+            }
+        }
+        if !running {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn status_word(status: microsandbox::SandboxStatus) -> &'static str {

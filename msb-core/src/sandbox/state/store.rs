@@ -328,6 +328,29 @@ impl StateStore {
         })
     }
 
+    /// Records incarnation `instance` of `name` as running in `process`,
+    /// only if no process of it is alive (a restart); otherwise
+    /// [`Error::SandboxStillRunning`], so two restarts cannot both win.
+    pub fn set_running_if_down(
+        &self,
+        name: &SandboxName,
+        instance: &str,
+        process: ProcessIdentity,
+    ) -> Result<SandboxRecord> {
+        self.update(name, Some(instance), |r| {
+            if let Some(live) = r.live_process() {
+                return Err(Error::SandboxStillRunning {
+                    name: name.to_string(),
+                    pid: live.pid,
+                });
+            }
+            r.status = SandboxStatus::Running;
+            r.pid = Some(process.pid);
+            r.start_time = Some(process.start_time);
+            Ok(())
+        })
+    }
+
     /// Records the final status of incarnation `instance` of `name`
     /// (`Stopped` after an orderly stop, `Crashed` when the guest died on
     /// its own). [`Error::SandboxNotFound`] when the name now belongs to
