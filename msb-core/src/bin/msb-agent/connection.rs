@@ -200,6 +200,7 @@ async fn dispatch(
             }
             Message::Stdin(data) => to_stream(&mut streams, Control::Stdin(data)),
             Message::StdinClose => to_stream(&mut streams, Control::StdinClose),
+            Message::Resize(size) => to_stream(&mut streams, Control::Resize(size)),
             // Nothing else is meaningful from the host.
             _ => {}
         }

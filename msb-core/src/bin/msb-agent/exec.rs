@@ -1,23 +1,54 @@
-//! One exec stream: start a process, feed its stdin under the stream's
-//! receive window (see [`crate::stdin`]), forward its output under the
-//! stream's send window, report how it ended.
+//! One exec stream: start a process ([`spawn`]), feed its stdin under the
+//! stream's receive window (see [`crate::stdin`]), forward its output under
+//! the stream's send window, report how it ended.
+//!
+//! With a tty ([`tty`]) the process's output is the pty master's, sent as
+//! `Stdout` (there is no `Stderr`), and ends at the master's EIO once every
+//! holder of the slave has exited. `Stdin` frames are written to the master
+//! when `stdin` is `Pipe` (keyboard input; `StdinClose` types `^D`); with
+//! `Null` the tty is still the process's stdin but nothing is written to it.
+//! `Resize` sets the master's window size (the process gets SIGWINCH);
+//! without a tty it is ignored.
+
+mod spawn;
+mod tty;
+mod users;
 
 use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::pin::Pin;
 
 use msb_core::agent::{
     ErrorKind, ExecStart, ExitStatus, Message, MessageKind, RecvWindow, RemoteError, SendWindow,
-    StdinMode,
+    StdinMode, TtySize,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
+use crate::fdstream::FdStream;
 use crate::reaper::SharedRegistry;
 use crate::stdin::{Event, StdinPipe};
 use crate::writer::Out;
+
+/// One of the process's output streams.
+type Output = Pin<Box<dyn AsyncRead>>;
+
+/// The terminal's end-of-file character (`VEOF`, `^D`), typed on
+/// `StdinClose` with a tty.
+const TTY_EOF: &[u8] = b"\x04";
+
+/// The process's side of a started exec, as the exec loop uses it.
+struct Io {
+    stdout: Output,
+    /// `None` with a tty (everything arrives on `stdout`).
+    stderr: Option<Output>,
+    stdin: Option<StdinPipe>,
+    stdin_events: Option<mpsc::UnboundedReceiver<Event>>,
+    /// The pty master, for `Resize`.
+    tty: Option<OwnedFd>,
+}
 
 /// The most output bytes read (and sent) at once.
 const CHUNK: usize = 64 * 1024;
@@ -37,6 +68,8 @@ pub enum Control {
     Stdin(Vec<u8>),
     /// The host has no more stdin: close the pipe once it is written.
     StdinClose,
+    /// Resize the tty.
+    Resize(TtySize),
 }
 
 /// Where a piped stdin stands.
@@ -69,46 +102,39 @@ pub async fn run(
         }
     };
 
-    let (child, pid, status_rx, mut stdout, mut stderr, stdin_pipe) = match start(&req) {
-        Ok(mut child) => {
-            let pid = child.id() as libc::pid_t;
+    let (pid, status_rx, io) = match spawn::start(&req) {
+        Ok(started) => {
+            let pid = started.child.id() as libc::pid_t;
             // No await between spawn and register: see the reaper's docs.
             let status_rx = registry.borrow_mut().register(pid, conn);
-            let pipes = (|| -> io::Result<_> {
-                let o = pipe::Receiver::from_owned_fd(child.stdout.take().expect("piped").into())?;
-                let e = pipe::Receiver::from_owned_fd(child.stderr.take().expect("piped").into())?;
-                let i = match child.stdin.take() {
-                    Some(i) => Some(pipe::Sender::from_owned_fd(i.into())?),
-                    None => None,
-                };
-                Ok((o, e, i))
-            })();
-            match pipes {
-                Ok((o, e, i)) => (child, pid, status_rx, o, e, i),
+            match wire(started, req.stdin) {
+                Ok(io) => (pid, status_rx, io),
                 Err(err) => {
                     registry.borrow().signal(pid, libc::SIGKILL, true);
-                    send(error_message(ErrorKind::Io, &err, "output pipes")).await;
+                    send(error_message(spawn::io_kind(&err), &err, "output pipes")).await;
                     return;
                 }
             }
         }
         Err((kind, err)) => {
-            send(error_message(kind, &err, &req.argv[0])).await;
+            let what = req.argv.first().map_or("exec", String::as_str);
+            send(error_message(kind, &err, what)).await;
             return;
         }
     };
-    // The reaper waits for the child; the std handle only held the pipes.
-    drop(child);
 
     send(Message::ExecStarted { pid: pid as u32 }).await;
 
-    // Piped stdin: the writer task, its events, the receive window.
-    let (stdin, mut stdin_events) = match stdin_pipe {
-        Some(p) => {
-            let (p, rx) = StdinPipe::start(p);
-            (Some(p), Some(rx))
-        }
-        None => (None, None),
+    let Io {
+        mut stdout,
+        stderr,
+        stdin,
+        mut stdin_events,
+        tty,
+    } = io;
+    let (mut stderr, err_open) = match stderr {
+        Some(e) => (e, true),
+        None => (Box::pin(tokio::io::empty()) as Output, false),
     };
     let mut stdin_state = if stdin.is_some() {
         StdinState::Open
@@ -118,7 +144,7 @@ pub async fn run(
     let mut recv_window = RecvWindow::new();
 
     let mut window = SendWindow::new();
-    let (mut out_open, mut err_open, mut ctl_open, mut reset) = (true, true, true, false);
+    let (mut out_open, mut err_open, mut ctl_open, mut reset) = (true, err_open, true, false);
     let mut buf_out = vec![0u8; CHUNK];
     let mut buf_err = vec![0u8; CHUNK];
     let mut status_rx = status_rx;
@@ -211,6 +237,13 @@ pub async fn run(
                         stdin_state = StdinState::Closing;
                     }
                 }
+                Some(Control::Resize(size)) => {
+                    if let Some(master) = &tty
+                        && let Err(e) = tty::set_size(master.as_fd(), size)
+                    {
+                        eprintln!("msb-agent: stream {stream}: resizing the tty failed: {e}");
+                    }
+                }
                 None => ctl_open = false,
             },
             ev = recv_event(&mut stdin_events), if stdin_events.is_some() => {
@@ -247,52 +280,45 @@ pub async fn run(
     }
 }
 
-type Started = std::process::Child;
-
-/// Spawns the process; on failure, the typed error to report.
-fn start(req: &ExecStart) -> Result<Started, (ErrorKind, io::Error)> {
-    let unsupported = |what: &str| {
-        (
-            ErrorKind::Unsupported,
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("{what} is not supported yet"),
-            ),
-        )
-    };
-    if req.tty.is_some() {
-        return Err(unsupported("a tty"));
+/// Turns the started process's stdio into what the exec loop reads and
+/// writes (must run inside the runtime).
+fn wire(started: spawn::Started, stdin: StdinMode) -> io::Result<Io> {
+    let mut child = started.child;
+    if let Some(master) = started.tty {
+        let resize = master.try_clone()?;
+        let (r, w) = FdStream::new(master)?.into_split();
+        let (stdin, stdin_events) = match stdin {
+            StdinMode::Pipe => {
+                let (p, rx) = StdinPipe::start(w, TTY_EOF);
+                (Some(p), Some(rx))
+            }
+            StdinMode::Null => (None, None),
+        };
+        return Ok(Io {
+            stdout: Box::pin(r),
+            stderr: None,
+            stdin,
+            stdin_events,
+            tty: Some(resize),
+        });
     }
-    if req.user.is_some() {
-        return Err(unsupported("running as another user"));
-    }
-    let Some((program, args)) = req.argv.split_first() else {
-        return Err((
-            ErrorKind::InvalidArgument,
-            io::Error::new(io::ErrorKind::InvalidInput, "empty argv"),
-        ));
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .stdin(match req.stdin {
-            StdinMode::Null => Stdio::null(),
-            StdinMode::Pipe => Stdio::piped(),
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if let Some(cwd) = &req.cwd {
-        if !Path::new(cwd).is_dir() {
-            return Err((
-                ErrorKind::BadCwd,
-                io::Error::new(io::ErrorKind::NotFound, format!("{cwd} is not a directory")),
-            ));
+    let o = pipe::Receiver::from_owned_fd(child.stdout.take().expect("piped").into())?;
+    let e = pipe::Receiver::from_owned_fd(child.stderr.take().expect("piped").into())?;
+    let (stdin, stdin_events) = match child.stdin.take() {
+        Some(i) => {
+            let (p, rx) = StdinPipe::start(pipe::Sender::from_owned_fd(i.into())?, b"");
+            (Some(p), Some(rx))
         }
-        cmd.current_dir(cwd);
-    }
-    cmd.spawn().map_err(|e| (spawn_error_kind(&e), e))
+        None => (None, None),
+    };
+    // The reaper waits for the child; the std handle only held the pipes.
+    Ok(Io {
+        stdout: Box::pin(o),
+        stderr: Some(Box::pin(e)),
+        stdin,
+        stdin_events,
+        tty: None,
+    })
 }
 
 /// The next writer event; `None` once the writer is gone.
@@ -328,20 +354,6 @@ fn on_stdin_event(
             *state = StdinState::Dead;
             due.then_some(Message::StdinClosed)
         }
-    }
-}
-
-fn spawn_error_kind(e: &io::Error) -> ErrorKind {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => ErrorKind::NotFound,
-        Some(libc::EACCES) | Some(libc::EPERM) => ErrorKind::PermissionDenied,
-        Some(libc::ENOEXEC) => ErrorKind::NotExecutable,
-        Some(libc::ENOTDIR) => ErrorKind::NotADirectory,
-        Some(libc::EISDIR) => ErrorKind::IsADirectory,
-        Some(libc::EAGAIN) | Some(libc::ENOMEM) | Some(libc::EMFILE) => {
-            ErrorKind::ResourceExhausted
-        }
-        _ => ErrorKind::Io,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Piped stdin for one exec stream.
+//! Stdin for one exec stream: a pipe, or the master of its tty.
 //!
 //! `Stdin` frames land in a per-stream inbox, bounded in bytes by the
 //! stream's receive window (the host may never have more than
@@ -6,13 +6,17 @@
 //! and credit is only returned once bytes are written to the pipe). A writer
 //! task drains the inbox into the pipe in order and reports what it wrote, so
 //! a process that reads slowly stalls only its own stream's stdin.
+//!
+//! With a tty, closing cannot mean closing the master (that would hang up
+//! the terminal): `StdinClose` writes the terminal's end-of-file character
+//! (`^D`, see [`StdinPipe::start`]'s `eof`) after the queued bytes instead,
+//! which a reader in canonical mode sees as end of input.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -45,12 +49,17 @@ pub struct StdinPipe {
 }
 
 impl StdinPipe {
-    /// Starts the writer task; its events arrive on the returned receiver.
-    pub fn start(pipe: pipe::Sender) -> (StdinPipe, mpsc::UnboundedReceiver<Event>) {
+    /// Starts the writer task on `pipe`; its events arrive on the returned
+    /// receiver. `eof` is written after the last byte on close, before
+    /// `pipe` is dropped (empty for a pipe, whose closing is the EOF).
+    pub fn start<W>(pipe: W, eof: &'static [u8]) -> (StdinPipe, mpsc::UnboundedReceiver<Event>)
+    where
+        W: AsyncWrite + Unpin + 'static,
+    {
         let inbox = Rc::new(RefCell::new(Inbox::default()));
         let wake = Rc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::task::spawn_local(write_loop(pipe, inbox.clone(), wake.clone(), tx));
+        let task = tokio::task::spawn_local(write_loop(pipe, eof, inbox.clone(), wake.clone(), tx));
         (StdinPipe { inbox, wake, task }, rx)
     }
 
@@ -79,8 +88,9 @@ impl Drop for StdinPipe {
     }
 }
 
-async fn write_loop(
-    mut pipe: pipe::Sender,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut pipe: W,
+    eof: &'static [u8],
     inbox: Rc<RefCell<Inbox>>,
     wake: Rc<Notify>,
     events: mpsc::UnboundedSender<Event>,
@@ -117,6 +127,10 @@ async fn write_loop(
                 }
             }
         }
+    }
+    if !eof.is_empty() && pipe.write_all(eof).await.is_err() {
+        let _ = events.send(Event::Broken);
+        return;
     }
     drop(pipe);
     let _ = events.send(Event::Done);
