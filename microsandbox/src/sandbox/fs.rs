@@ -71,11 +71,13 @@ impl Metadata {
 impl From<msb_core::agent::Metadata> for Metadata {
     fn from(m: msb_core::agent::Metadata) -> Self {
         let since_epoch = Duration::new(m.mtime_secs.unsigned_abs(), m.mtime_nanos);
+        // Out-of-range times (none in practice) clamp to the epoch.
         let modified = if m.mtime_secs >= 0 {
-            SystemTime::UNIX_EPOCH + since_epoch
+            SystemTime::UNIX_EPOCH.checked_add(since_epoch)
         } else {
-            SystemTime::UNIX_EPOCH - since_epoch
-        };
+            SystemTime::UNIX_EPOCH.checked_sub(since_epoch)
+        }
+        .unwrap_or(SystemTime::UNIX_EPOCH);
         Metadata {
             file_type: m.file_type,
             size: m.size,
@@ -500,5 +502,61 @@ impl AsyncRead for FileReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_meta(mtime_secs: i64, mtime_nanos: u32) -> msb_core::agent::Metadata {
+        msb_core::agent::Metadata {
+            file_type: FileType::Dir,
+            size: 4096,
+            mode: 0o755,
+            uid: 1,
+            gid: 2,
+            mtime_secs,
+            mtime_nanos,
+        }
+    }
+
+    #[test]
+    fn metadata_converts_times_and_types() {
+        let m = Metadata::from(agent_meta(10, 5));
+        assert!(m.is_dir() && !m.is_file() && !m.is_symlink());
+        assert_eq!(m.modified, SystemTime::UNIX_EPOCH + Duration::new(10, 5));
+        let before = Metadata::from(agent_meta(-10, 0));
+        assert_eq!(
+            before.modified,
+            SystemTime::UNIX_EPOCH - Duration::from_secs(10)
+        );
+        // Never panics on absurd times.
+        let _ = Metadata::from(agent_meta(i64::MIN, 999_999_999));
+        let _ = Metadata::from(agent_meta(i64::MAX, 999_999_999));
+    }
+
+    #[test]
+    fn refusals_become_fs_errors() {
+        let e = fs_error(
+            "sb",
+            "/x",
+            msb_core::Error::AgentRefused {
+                kind: FsErrorKind::NotFound,
+                errno: 2,
+                message: "/x: No such file or directory".into(),
+            },
+        );
+        assert!(matches!(
+            e,
+            MicrosandboxError::Fs { ref name, ref path, kind: FsErrorKind::NotFound, .. }
+                if name == "sb" && path == "/x"
+        ));
+        let e = fs_error(
+            "sb",
+            "/x",
+            msb_core::Error::SandboxNotFound { name: "sb".into() },
+        );
+        assert!(matches!(e, MicrosandboxError::SandboxNotFound { .. }));
     }
 }
