@@ -4,11 +4,12 @@
 //! ```text
 //! cargo xtask bench images [--runs N]    ours against skopeo copy + umoci unpack
 //! cargo xtask bench sandbox [--runs N]   ours against bwrap and crun
+//! cargo xtask bench exec [--runs N]      exec through the agent against nsenter
 //! ```
 //!
-//! `sandbox` first builds the static guest agent (`xtask build-agent`) and
-//! the sandbox process `msb-sandbox` in release mode, next to `msb-bench`,
-//! where the runtime looks for it.
+//! `sandbox` and `exec` first build the static guest agent
+//! (`xtask build-agent`) and the sandbox process `msb-sandbox` in release
+//! mode, next to `msb-bench`, where the runtime looks for it.
 //!
 //! The suites report; a missed target is printed, not an error.
 
@@ -21,21 +22,22 @@ use crate::layout::Layout;
 use crate::setup;
 
 /// The suites `msb-bench` knows.
-const SUITES: &[&str] = &["images", "sandbox"];
+const SUITES: &[&str] = &["images", "sandbox", "exec"];
 
 /// Debian packages the `images` suite needs: the peers it is measured
 /// against, debootstrap for the Debian fixture image and the registry.
 const IMAGES_PACKAGES: &[&str] = &["skopeo", "umoci", "debootstrap", "docker-registry"];
 
 /// Debian packages the `sandbox` suite needs: the peers it is measured
-/// against and the static busybox of the rootfs.
+/// against and the static busybox of the rootfs (the `exec` suite's too: it
+/// probes crun; its peer, nsenter, comes with util-linux).
 const SANDBOX_PACKAGES: &[&str] = &["bubblewrap", "crun", "busybox-static"];
 
 /// The Debian packages of `suite`.
 fn packages(suite: &str) -> &'static [&'static str] {
     match suite {
         "images" => IMAGES_PACKAGES,
-        "sandbox" => SANDBOX_PACKAGES,
+        "sandbox" | "exec" => SANDBOX_PACKAGES,
         _ => &[],
     }
 }
@@ -50,7 +52,7 @@ pub fn run(root: &Path, suite: &str, args: &[String]) -> Result<()> {
     }
     setup::run(root)?;
     setup::ensure_packages(packages(suite))?;
-    if suite == "sandbox" {
+    if matches!(suite, "sandbox" | "exec") {
         crate::agent::build(root)?;
         cmd::run(Command::new(cmd::cargo()).current_dir(root).args([
             "build",

@@ -4,6 +4,7 @@
 //! ```text
 //! msb-bench images [--runs N]
 //! msb-bench sandbox [--runs N]
+//! msb-bench exec [--runs N] [--stream-runs N]
 //! ```
 //!
 //! `images` pushes the realistic Debian fixture image to a local registry on
@@ -18,6 +19,10 @@
 //! `sandbox` (see [`sandbox`]) measures namespace sandboxes on a busybox
 //! rootfs: create-to-ready, exec, stop, replace and idle memory, against
 //! `bwrap` and `crun` on the same tree.
+//!
+//! `exec` (see [`exec`]) measures commands in one running sandbox through
+//! its agent: the round trip of `true` and stdout/stdin throughput, against
+//! `nsenter` into the same sandbox.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -34,6 +39,7 @@ use serde_json::json;
 use test_utils::images::{Compression, ImageBuilder, LayerBuilder, debian_image};
 use test_utils::registry::TestRegistry;
 
+mod exec;
 mod sandbox;
 
 type Error = Box<dyn std::error::Error>;
@@ -77,6 +83,20 @@ enum Cmd {
         #[arg(long)]
         no_warmup: bool,
     },
+    /// Commands in one running namespace sandbox through its agent: the
+    /// round trip of `true` and stdout/stdin throughput, against `nsenter`.
+    Exec {
+        /// Measured round trips of each contender (after 10 unmeasured).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        runs: u32,
+        /// Measured 256 MiB throughput runs of each contender (after one
+        /// unmeasured).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        stream_runs: u32,
+        /// Skip the unmeasured warm-up runs.
+        #[arg(long)]
+        no_warmup: bool,
+    },
     /// One pull in this process, reported as a JSON line on stdout (the
     /// child `images` measures).
     #[command(hide = true)]
@@ -104,6 +124,11 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Cmd::Images { runs, no_warmup } => images(runs as usize, !no_warmup),
         Cmd::Sandbox { runs, no_warmup } => sandbox::run(runs as usize, !no_warmup),
+        Cmd::Exec {
+            runs,
+            stream_runs,
+            no_warmup,
+        } => exec::run(runs as usize, stream_runs as usize, !no_warmup),
         Cmd::PullOnce {
             home,
             reference,

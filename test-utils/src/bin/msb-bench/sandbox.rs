@@ -9,10 +9,10 @@
 //! run `/bin/true` (or `sh -c 'exit 0'`) to completion: create + run + exit.
 //! A missed target is printed, never an error.
 
-mod peers;
-mod rootfs;
+pub(crate) mod peers;
+pub(crate) mod rootfs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use msb_core::agent::{ExecStart, ExitStatus, StdinMode};
@@ -29,19 +29,49 @@ const TARGET_CREATE: Duration = Duration::from_millis(50);
 /// Unmeasured runs of each contender first.
 const WARMUP_RUNS: usize = 2;
 /// How long a stopping sandbox's processes get before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a sandbox may take to report ready.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The environment of the commands we run inside.
-const PATH: &str = "/bin:/usr/bin:/sbin:/usr/sbin";
+pub(crate) const PATH: &str = "/bin:/usr/bin:/sbin:/usr/sbin";
 
 /// What the engine needs to create our sandboxes.
-struct Ours {
-    home: PathBuf,
-    store: StateStore,
-    program: PathBuf,
-    agent: PathBuf,
-    rootfs: PathBuf,
+pub(crate) struct Ours {
+    /// The state home.
+    pub(crate) home: PathBuf,
+    /// The state store under `home`.
+    pub(crate) store: StateStore,
+    /// The sandbox process `msb-sandbox`.
+    pub(crate) program: PathBuf,
+    /// The static guest agent.
+    pub(crate) agent: PathBuf,
+    /// The busybox rootfs (a local directory).
+    pub(crate) rootfs: PathBuf,
+}
+
+impl Ours {
+    /// Builds the busybox rootfs and a state home under `scratch` and
+    /// finds the sandbox process and the agent.
+    pub(crate) fn prepare(scratch: &Path) -> Result<Ours> {
+        let rootfs = scratch.join("rootfs");
+        rootfs::build(&rootfs)?;
+        let home = scratch.join("home");
+        std::fs::create_dir_all(&home)?;
+        let ours = Ours {
+            store: StateStore::open(&home)?,
+            program: sandbox_program(&home)?,
+            agent: agent_program(&home)?,
+            home,
+            rootfs,
+        };
+        eprintln!(
+            "msb-bench: sandbox process {}, agent {}, rootfs {}",
+            ours.program.display(),
+            ours.agent.display(),
+            ours.rootfs.display()
+        );
+        Ok(ours)
+    }
 }
 
 /// One measured run of ours.
@@ -69,23 +99,8 @@ pub fn run(runs: usize, warmup: bool) -> Result<()> {
     }
     let suite_started = Instant::now();
     let scratch = tempfile::Builder::new().prefix("msb-bench-").tempdir()?;
-    let rootfs = scratch.path().join("rootfs");
-    rootfs::build(&rootfs)?;
-    let home = scratch.path().join("home");
-    std::fs::create_dir_all(&home)?;
-    let ours = Ours {
-        store: StateStore::open(&home)?,
-        program: sandbox_program(&home)?,
-        agent: agent_program(&home)?,
-        home,
-        rootfs: rootfs.clone(),
-    };
-    eprintln!(
-        "msb-bench: sandbox process {}, agent {}, rootfs {}",
-        ours.program.display(),
-        ours.agent.display(),
-        rootfs.display()
-    );
+    let ours = Ours::prepare(scratch.path())?;
+    let rootfs = ours.rootfs.clone();
     let warmups = if warmup { WARMUP_RUNS } else { 0 };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -151,7 +166,7 @@ pub fn run(runs: usize, warmup: bool) -> Result<()> {
 
 /// The spec of our sandbox `name`, filled as the facade's builder does for
 /// a local directory with namespace isolation.
-fn spec(ours: &Ours, name: &SandboxName) -> SandboxSpec {
+pub(crate) fn spec(ours: &Ours, name: &SandboxName) -> SandboxSpec {
     SandboxSpec {
         name: name.clone(),
         instance_id: String::new(),
@@ -172,7 +187,9 @@ fn spec(ours: &Ours, name: &SandboxName) -> SandboxSpec {
     }
 }
 
-fn options(ours: &Ours, replace: Option<Duration>) -> CreateOptions {
+/// The create options of our sandboxes (`replace`: replace a running one
+/// of the same name, with this stop grace).
+pub(crate) fn options(ours: &Ours, replace: Option<Duration>) -> CreateOptions {
     CreateOptions {
         replace,
         detached: false,
@@ -253,7 +270,7 @@ async fn our_run(ours: &Ours, name: &SandboxName) -> Result<OurRun> {
 
 /// After a failed run: kill whatever incarnation of `name` runs, then
 /// remove it (best effort).
-async fn cleanup(store: &StateStore, name: &SandboxName) {
+pub(crate) async fn cleanup(store: &StateStore, name: &SandboxName) {
     if let Ok(Some(record)) = store.get(name) {
         let _ = lifecycle::kill(store, name, &record.instance_id).await;
     }
@@ -269,7 +286,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// The agent: the child of sandbox process `pid` whose command line names
 /// the agent (else its first child), with its `comm`.
-fn agent_of(pid: u32) -> Option<(u32, String)> {
+pub(crate) fn agent_of(pid: u32) -> Option<(u32, String)> {
     let kids = children(pid);
     let names_agent = |kid: &u32| {
         std::fs::read(format!("/proc/{kid}/cmdline"))
