@@ -81,6 +81,16 @@ async fn write_and_read_files(env: TestEnv) {
         .await
         .unwrap();
     assert!(streamed == big, "16 MiB streamed back differs");
+    // A stalled reader holds up nothing else.
+    let mut slow = fs.read_stream("/tmp/big.bin").await.unwrap();
+    let mut head = [0u8; 10];
+    slow.read_exact(&mut head).await.unwrap();
+    assert_eq!(head, big[..10]);
+    fs.write("/tmp/during", b"d").await.unwrap();
+    assert_eq!(fs.read("/tmp/during").await.unwrap(), b"d");
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).await.unwrap();
+    assert!(rest == big[10..], "the rest of the stalled read differs");
     let written = fs.write_stream("/tmp/big2.bin", &big[..]).await.unwrap();
     assert_eq!(written, big.len() as u64);
     assert_eq!(
