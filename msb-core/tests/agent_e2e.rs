@@ -16,8 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use msb_core::agent::{
-    ExecStart, ExitStatus, Frame, FrameReader, FrameWriter, INITIAL_WINDOW, Message, MessageKind,
-    Ready, RecvWindow, SUPPORTED_VERSIONS, SendWindow, StdinMode, host_handshake,
+    ErrorKind, ExecStart, ExitStatus, Frame, FrameReader, FrameWriter, INITIAL_WINDOW, Message,
+    MessageKind, Ready, RecvWindow, SUPPORTED_VERSIONS, SendWindow, StdinMode, TtySize,
+    host_handshake,
 };
 use msb_core::sandbox::namespace::{NamespaceSpec, SandboxRoot, Stdio, spawn};
 use tokio::sync::{Mutex, Notify};
@@ -82,6 +83,30 @@ fn rootfs(dir: &Path, agent: &Path) -> PathBuf {
     fs::create_dir_all(tree.join(".msb")).unwrap();
     fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
     fs::copy(agent, tree.join(".msb/agent")).unwrap();
+    // Users and groups for `ExecStart::user` (the agent parses these).
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(
+        tree.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    fs::write(
+        tree.join("etc/group"),
+        "root:x:0:\nstaff:x:50:nobody\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+    // Executable by root only: `PermissionDenied` for anyone else.
+    fs::write(
+        tree.join("bin/private"),
+        "#!/bin/busybox sh\necho private\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        tree.join("bin/private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     tree
 }
 
@@ -709,4 +734,313 @@ async fn agent_shuts_down_gracefully_on_sigterm() {
         "shutdown took {:?}",
         started.elapsed()
     );
+}
+
+/// An `ExecStart` with every knob (`PATH=/bin`).
+fn exec_full(
+    argv: &[&str],
+    cwd: &str,
+    user: Option<&str>,
+    tty: Option<TtySize>,
+    stdin: StdinMode,
+) -> Message {
+    Message::ExecStart(ExecStart {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/bin".into())],
+        cwd: Some(cwd.into()),
+        user: user.map(str::to_owned),
+        tty,
+        stdin,
+    })
+}
+
+/// Reads `stream`'s frames, adding its stdout to `seen`, until `seen`
+/// contains `needle`. Panics at `Exited` or an error first.
+async fn read_until(reader: &mut HostReader, stream: u32, seen: &mut Vec<u8>, needle: &str) {
+    let deadline = Instant::now() + STEP;
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = timeout(left, reader.expect_frame("tty output"))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "waiting for {needle:?} timed out; output so far: {:?}",
+                    String::from_utf8_lossy(seen)
+                )
+            })
+            .unwrap();
+        assert_eq!(frame.stream, stream, "{frame:?}");
+        match frame.message {
+            Message::ExecStarted { .. } => {}
+            Message::Stdout(b) => seen.extend(b),
+            other => panic!(
+                "unexpected {other:?} while waiting for {needle:?}; output so far: {:?}",
+                String::from_utf8_lossy(seen)
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn agent_runs_execs_on_a_tty() {
+    if !Path::new("/bin/busybox").exists() {
+        println!("skipped: /bin/busybox (Debian busybox-static) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut reader, mut writer, _) = start_agent(dir.path()).await;
+    let size = TtySize { rows: 24, cols: 80 };
+
+    // A tty without stdin: stdin, stdout and stderr are the terminal, and
+    // stderr arrives as Stdout.
+    let script = "tty -s && echo yes; stty size; echo err >&2; echo $TERM";
+    writer
+        .write_frame(&Frame::new(
+            1,
+            exec_full(
+                &["/bin/busybox", "sh", "-c", script],
+                "/",
+                None,
+                Some(size),
+                StdinMode::Null,
+            ),
+        ))
+        .await
+        .unwrap();
+    let all = timeout(STEP, collect(&mut reader, &[1]))
+        .await
+        .expect("tty exec timed out");
+    let o = &all[&1];
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "yes\r\n24 80\r\nerr\r\nxterm\r\n",
+        "{o:?}"
+    );
+    assert!(o.stderr.is_empty(), "{o:?}");
+    assert_eq!(o.exited, Some(ExitStatus::Code(0)), "{o:?}");
+
+    // Input through the tty, a resize in between, then `StdinClose` types
+    // ^D, which ends `cat`.
+    let script = "stty size; read x; stty size; echo got $x; cat; echo done";
+    writer
+        .write_frame(&Frame::new(
+            3,
+            exec_full(
+                &["/bin/busybox", "sh", "-c", script],
+                "/",
+                None,
+                Some(size),
+                StdinMode::Pipe,
+            ),
+        ))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut reader, 3, &mut seen, "24 80\r\n").await;
+    writer
+        .write_frame(&Frame::new(
+            3,
+            Message::Resize(TtySize {
+                rows: 30,
+                cols: 100,
+            }),
+        ))
+        .await
+        .unwrap();
+    writer
+        .write_frame(&Frame::new(3, Message::Stdin(b"hello\n".to_vec())))
+        .await
+        .unwrap();
+    read_until(&mut reader, 3, &mut seen, "got hello\r\n").await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("30 100\r\n"), "{text:?}");
+    writer
+        .write_frame(&Frame::new(3, Message::Stdin(b"abc\n".to_vec())))
+        .await
+        .unwrap();
+    writer
+        .write_frame(&Frame::new(3, Message::StdinClose))
+        .await
+        .unwrap();
+    let rest = timeout(STEP, collect(&mut reader, &[3]))
+        .await
+        .expect("cat on a tty did not end at StdinClose");
+    seen.extend(&rest[&3].stdout);
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    // The terminal echoes input, and cat prints it again.
+    assert!(text.ends_with("abc\r\nabc\r\ndone\r\n"), "{text:?}");
+    assert_eq!(rest[&3].exited, Some(ExitStatus::Code(0)), "{rest:?}");
+
+    shut_down(&mut child, &mut reader, &mut writer).await;
+}
+
+/// Sends `message` on `stream` and returns the kind of the `Error` that
+/// must come back.
+async fn start_error(
+    reader: &mut HostReader,
+    writer: &mut HostWriter,
+    stream: u32,
+    message: Message,
+) -> ErrorKind {
+    let what = format!("{message:?}");
+    writer
+        .write_frame(&Frame::new(stream, message))
+        .await
+        .unwrap();
+    let frame = timeout(STEP, reader.expect_frame("Error"))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer"))
+        .unwrap();
+    assert_eq!(frame.stream, stream, "{what}: {frame:?}");
+    match frame.message {
+        Message::Error(e) => e.kind,
+        other => panic!("{what}: expected Error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn agent_runs_execs_as_users_and_types_start_failures() {
+    if !Path::new("/bin/busybox").exists() {
+        println!("skipped: /bin/busybox (Debian busybox-static) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut reader, mut writer, _) = start_agent(dir.path()).await;
+    let ids = "id -u; id -g; id -G; echo $HOME";
+    let as_user = |stream, user| {
+        Frame::new(
+            stream,
+            exec_full(
+                &["/bin/busybox", "sh", "-c", ids],
+                "/",
+                Some(user),
+                None,
+                StdinMode::Null,
+            ),
+        )
+    };
+
+    // By name: ids, supplementary groups and HOME from the files.
+    writer.write_frame(&as_user(1, "nobody")).await.unwrap();
+    let o = timeout(STEP, collect(&mut reader, &[1]))
+        .await
+        .unwrap()
+        .remove(&1)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "65534\n65534\n65534 50\n/nonexistent\n",
+        "{o:?}"
+    );
+    assert_eq!(o.exited, Some(ExitStatus::Code(0)), "{o:?}");
+
+    // By uid:gid, with no passwd entry: no supplementary groups, HOME=/.
+    writer.write_frame(&as_user(3, "1234:4321")).await.unwrap();
+    let o = timeout(STEP, collect(&mut reader, &[3]))
+        .await
+        .unwrap()
+        .remove(&3)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "1234\n4321\n4321\n/\n",
+        "{o:?}"
+    );
+
+    // name:group.
+    writer
+        .write_frame(&as_user(5, "nobody:staff"))
+        .await
+        .unwrap();
+    let o = timeout(STEP, collect(&mut reader, &[5]))
+        .await
+        .unwrap()
+        .remove(&5)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("65534\n50\n"),
+        "{o:?}"
+    );
+
+    // Unknown users and groups.
+    let unknown = exec_full(
+        &["/bin/busybox", "true"],
+        "/",
+        Some("ghost"),
+        None,
+        StdinMode::Null,
+    );
+    assert_eq!(
+        start_error(&mut reader, &mut writer, 7, unknown).await,
+        ErrorKind::NoSuchUser
+    );
+    let unknown = exec_full(
+        &["/bin/busybox", "true"],
+        "/",
+        Some("nobody:ghosts"),
+        None,
+        StdinMode::Null,
+    );
+    assert_eq!(
+        start_error(&mut reader, &mut writer, 9, unknown).await,
+        ErrorKind::NoSuchUser
+    );
+
+    // Each way a program can fail to start.
+    let cases: &[(&[&str], &str, Option<&str>, ErrorKind)] = &[
+        (&["nope"], "/", None, ErrorKind::NotFound),
+        (&["/bin/nope"], "/", None, ErrorKind::NotFound),
+        (&["./busybox"], "/", None, ErrorKind::NotFound),
+        (&["/etc/passwd"], "/", None, ErrorKind::NotExecutable),
+        (&["passwd"], "/etc", None, ErrorKind::NotFound),
+        (&["./passwd"], "/etc", None, ErrorKind::NotExecutable),
+        (&["/etc"], "/", None, ErrorKind::NotExecutable),
+        (
+            &["/bin/private"],
+            "/",
+            Some("nobody"),
+            ErrorKind::PermissionDenied,
+        ),
+        (
+            &["/bin/busybox", "true"],
+            "/missing",
+            None,
+            ErrorKind::BadCwd,
+        ),
+        (
+            &["/bin/busybox", "true"],
+            "/etc/passwd",
+            None,
+            ErrorKind::BadCwd,
+        ),
+    ];
+    for (i, (argv, cwd, user, kind)) in cases.iter().enumerate() {
+        let stream = 101 + 2 * i as u32;
+        let got = start_error(
+            &mut reader,
+            &mut writer,
+            stream,
+            exec_full(argv, cwd, *user, None, StdinMode::Null),
+        )
+        .await;
+        assert_eq!(got, *kind, "{argv:?} in {cwd} as {user:?}");
+    }
+    // As root the private program runs.
+    let o = {
+        writer
+            .write_frame(&Frame::new(
+                201,
+                exec_full(&["/bin/private"], "/", None, None, StdinMode::Null),
+            ))
+            .await
+            .unwrap();
+        timeout(STEP, collect(&mut reader, &[201]))
+            .await
+            .unwrap()
+            .remove(&201)
+            .unwrap()
+    };
+    assert_eq!(o.stdout, b"private\n", "{o:?}");
+
+    shut_down(&mut child, &mut reader, &mut writer).await;
 }

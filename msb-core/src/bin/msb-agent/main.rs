@@ -14,6 +14,10 @@
 //!   the stream's send window; `Signal`, `Kill`, `Reset`, `WindowUpdate`,
 //!   `Stdin` and `StdinClose` reach the stream's task (piped stdin is written
 //!   by a per-stream writer under the stream's receive window);
+//!   `tty` runs the process on a new pseudo-terminal (`Resize` resizes
+//!   it), `user` switches to a user of the sandbox's own `/etc/passwd` and
+//!   `/etc/group`, and a start failure has a precise kind (`NotFound`,
+//!   `PermissionDenied`, `NotExecutable`, `BadCwd`, `NoSuchUser`);
 //! - `FsRequest`: one task per stream ([`fs`]); `Read` content goes out
 //!   under the stream's send window, `Write` content comes in under its
 //!   receive window (`FileChunk`, `FileEnd`, `WindowUpdate`, `Reset` reach
@@ -28,8 +32,7 @@
 //! - zombies are reaped by one reaper ([`reaper`]) that never steals the
 //!   status of a process an exec is waiting for.
 //!
-//! Not yet: ttys, `user` (answered `Error{Unsupported}`), forwarding
-//! signals sent to the agent itself.
+//! Not yet: forwarding signals sent to the agent itself.
 
 mod channel;
 mod connection;
