@@ -146,6 +146,44 @@ pub enum MicrosandboxError {
         #[source]
         source: Box<msb_core::Error>,
     },
+    /// A volume's path inside the sandbox (or its definition) is unusable;
+    /// reported before anything is started.
+    #[error("invalid volume at {guest:?}: {reason}")]
+    InvalidVolume {
+        /// The path inside, as given.
+        guest: String,
+        /// What is wrong.
+        reason: crate::volume::VolumeErrorKind,
+    },
+    /// The host path of a bind volume does not exist; reported before
+    /// anything is started.
+    #[error("host path {path} of the volume at {guest:?} does not exist")]
+    VolumeHostPathMissing {
+        /// The path inside.
+        guest: String,
+        /// The missing host path.
+        path: PathBuf,
+    },
+    /// No named volume has that name.
+    #[error("volume {name:?} not found")]
+    VolumeNotFound {
+        /// The volume's name.
+        name: String,
+    },
+    /// A named volume of that name exists already.
+    #[error("volume {name:?} already exists")]
+    VolumeAlreadyExists {
+        /// The volume's name.
+        name: String,
+    },
+    /// The named volume cannot be removed while running sandboxes mount it.
+    #[error("volume {name:?} is in use by running sandboxes {sandboxes:?}")]
+    VolumeInUse {
+        /// The volume's name.
+        name: String,
+        /// The sandboxes mounting it.
+        sandboxes: Vec<String>,
+    },
     /// A file microsandbox needs could not be read or written.
     #[error("{op} {path}: {source}")]
     Io {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod host;
 pub mod image;
 pub mod sandbox;
+pub mod volume;
 
 /// The host's terminal, for interactive commands: its window size and raw
 /// mode.
@@ -32,6 +33,7 @@ pub mod term {
 
 pub use error::{MicrosandboxError, Result};
 pub use sandbox::{
-    ExecOutput, ExitStatus, FsErrorKind, Isolation, Sandbox, SandboxBuilder, SandboxFs,
-    SandboxInfo, SandboxStatus,
+    ExecOutput, ExitStatus, FsErrorKind, Isolation, RlimitResource, Sandbox, SandboxBuilder,
+    SandboxFs, SandboxInfo, SandboxStatus,
 };
+pub use volume::{Volume, VolumeErrorKind, VolumeMount};

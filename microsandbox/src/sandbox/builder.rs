@@ -3,14 +3,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use msb_core::image::config::{RuntimeDefaults, image_config};
+use msb_core::image::store::ImageStore;
 use msb_core::sandbox::lifecycle::{self, CreateOptions};
 use msb_core::sandbox::programs;
-use msb_core::sandbox::spec::{DEFAULT_STOP_GRACE, RootfsSpec, SandboxSpec};
+use msb_core::sandbox::spec::{
+    DEFAULT_STOP_GRACE, RlimitResource, RlimitSpec, RootfsSpec, SandboxSpec,
+};
 use msb_core::sandbox::state::SandboxName;
 
 use super::{Isolation, Sandbox};
 use crate::error::{MicrosandboxError, Result};
 use crate::image::{Images, PullOptions};
+use crate::volume::VolumeMount;
 
 /// How long a sandbox may take to become ready, unless set.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +52,11 @@ pub struct SandboxBuilder {
     pids_max: Option<u64>,
     env: Vec<(String, String)>,
     workdir: Option<String>,
+    user: Option<String>,
+    hostname: Option<String>,
+    entrypoint: Option<Vec<String>>,
+    rlimits: Vec<RlimitSpec>,
+    volumes: Vec<(String, VolumeMount)>,
     isolation: Option<Isolation>,
     replace: Option<Duration>,
     stop_grace: Duration,
@@ -64,6 +74,11 @@ impl SandboxBuilder {
             pids_max: None,
             env: Vec::new(),
             workdir: None,
+            user: None,
+            hostname: None,
+            entrypoint: None,
+            rlimits: Vec::new(),
+            volumes: Vec::new(),
             isolation: None,
             replace: None,
             stop_grace: DEFAULT_STOP_GRACE,
@@ -100,7 +115,8 @@ impl SandboxBuilder {
         self
     }
 
-    /// Sets one environment variable for every command run inside.
+    /// Sets one environment variable for every command run inside, on top
+    /// of the image's `Env`.
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
         self
@@ -118,9 +134,93 @@ impl SandboxBuilder {
         self
     }
 
-    /// The directory commands start in (default `/`).
+    /// The directory commands start in (default: the image's
+    /// `WorkingDir`, else `/`).
     pub fn workdir(mut self, dir: impl Into<String>) -> Self {
         self.workdir = Some(dir.into());
+        self
+    }
+
+    /// The user commands run as unless they say otherwise: a name, `uid`,
+    /// `uid:gid` or `name:group` (default: the image's `User`, else root).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The hostname inside (default: the sandbox's name). At most 64
+    /// bytes of letters, digits, `-` and `.`.
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// Replaces the image's `Entrypoint` (and drops its `Cmd`, as Docker
+    /// does); see [`Sandbox::image_command`].
+    pub fn entrypoint<I, S>(mut self, entrypoint: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.entrypoint = Some(entrypoint.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets a resource limit (`setrlimit(2)`) of every process inside;
+    /// `u64::MAX` is unlimited.
+    ///
+    /// ```no_run
+    /// # async fn run() -> microsandbox::Result<()> {
+    /// use microsandbox::{RlimitResource, Sandbox};
+    ///
+    /// let sb = Sandbox::builder("worker-1")
+    ///     .image("alpine")
+    ///     .rlimit(RlimitResource::Nofile, 256, 512)
+    ///     .create()
+    ///     .await?;
+    /// assert_eq!(sb.shell("ulimit -n").await?.stdout_str(), "256\n");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rlimit(mut self, resource: RlimitResource, soft: u64, hard: u64) -> Self {
+        self.rlimits.retain(|r| r.resource != resource);
+        self.rlimits.push(RlimitSpec {
+            resource,
+            soft,
+            hard,
+        });
+        self
+    }
+
+    /// Mounts a volume at `guest` (an absolute path inside), configured by
+    /// `mount`: a host path ([`VolumeMount::bind`]), a named volume
+    /// ([`VolumeMount::named`]) or a tmpfs ([`VolumeMount::tmpfs`]),
+    /// optionally [`read_only`](VolumeMount::read_only). Checked before
+    /// anything starts: see [`MicrosandboxError::InvalidVolume`],
+    /// [`MicrosandboxError::VolumeHostPathMissing`] and
+    /// [`MicrosandboxError::VolumeNotFound`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> microsandbox::Result<()> {
+    /// use microsandbox::Sandbox;
+    ///
+    /// let sb = Sandbox::builder("worker-1")
+    ///     .image("alpine")
+    ///     .volume("/src", |m| m.bind("/home/me/project").read_only())
+    ///     .volume("/data", |m| m.named("data"))
+    ///     .volume("/scratch", |m| m.tmpfs().size_mib(64))
+    ///     .create()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn volume(
+        mut self,
+        guest: impl Into<String>,
+        mount: impl FnOnce(VolumeMount) -> VolumeMount,
+    ) -> Self {
+        self.volumes
+            .push((guest.into(), mount(VolumeMount::default())));
         self
     }
 
@@ -185,9 +285,23 @@ impl SandboxBuilder {
             None => Isolation::from_env()?.unwrap_or_default(),
         };
         let fail = |e| MicrosandboxError::from_sandbox(name.as_str(), e);
+        let hostname = self
+            .hostname
+            .clone()
+            .unwrap_or_else(|| name.as_str().to_owned());
+        check_hostname(&hostname)?;
+        check_rlimits(&self.rlimits)?;
+        let volumes = crate::volume::resolve_all(&self.home, &self.volumes)?;
         let program = programs::sandbox_program(&self.home).map_err(fail)?;
         let agent = programs::agent_program(&self.home).map_err(fail)?;
-        let rootfs = self.resolve_rootfs().await?;
+        let (rootfs, image) = self.resolve_rootfs().await?;
+        let env = merge_env(image.env, &self.env);
+        let workdir = self.workdir.clone().or(image.workdir);
+        let user = self.user.clone().or(image.user);
+        let (entrypoint, cmd) = match &self.entrypoint {
+            Some(entrypoint) => (entrypoint.clone(), Vec::new()),
+            None => (image.entrypoint, image.cmd),
+        };
         let doomed_vm = match isolation {
             Isolation::Microvm => {
                 let verdict = crate::host::probe().verdict;
@@ -204,12 +318,17 @@ impl SandboxBuilder {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             pids_max: self.pids_max,
-            env: self.env.clone(),
-            workdir: self.workdir.clone(),
-            hostname: name.as_str().to_owned(),
+            env: env.clone(),
+            workdir: workdir.clone(),
+            hostname,
             stop_grace_ms: u64::try_from(self.stop_grace.as_millis()).unwrap_or(u64::MAX),
             boot_timeout_ms: u64::try_from(self.boot_timeout.as_millis()).unwrap_or(u64::MAX),
             creator: None,
+            volumes,
+            user: user.clone(),
+            rlimits: self.rlimits.clone(),
+            entrypoint: entrypoint.clone(),
+            cmd: cmd.clone(),
         };
         let options = CreateOptions {
             replace: self.replace,
@@ -226,12 +345,17 @@ impl SandboxBuilder {
             isolation,
             launched,
             detached,
-            self.env,
-            self.workdir,
+            super::Defaults {
+                env,
+                workdir,
+                user,
+                command: entrypoint.into_iter().chain(cmd).collect(),
+            },
         )
     }
 
-    async fn resolve_rootfs(&self) -> Result<RootfsSpec> {
+    /// The rootfs, and the image config's defaults (none for a directory).
+    async fn resolve_rootfs(&self) -> Result<(RootfsSpec, RuntimeDefaults)> {
         let Some(image) = &self.image else {
             return Err(MicrosandboxError::InvalidConfig {
                 what: "sandbox",
@@ -248,14 +372,105 @@ impl SandboxBuilder {
                 path: image.into(),
                 source,
             })?;
-            return Ok(RootfsSpec::Directory { path });
+            return Ok((RootfsSpec::Directory { path }, RuntimeDefaults::default()));
         }
         let images = Images::open(&self.home)?;
         let pulled = images.pull(image, &PullOptions::default()).await?;
-        Ok(RootfsSpec::Image {
+        let image_err = |source| MicrosandboxError::Image {
             reference: pulled.reference.to_string(),
-            digest: pulled.manifest_digest.to_string(),
-            tree: pulled.rootfs,
-        })
+            source: Box::new(source),
+        };
+        let store = ImageStore::open(&self.home).map_err(image_err)?;
+        let config = image_config(&store, &pulled.manifest_digest).map_err(image_err)?;
+        Ok((
+            RootfsSpec::Image {
+                reference: pulled.reference.to_string(),
+                digest: pulled.manifest_digest.to_string(),
+                tree: pulled.rootfs,
+            },
+            RuntimeDefaults::of(&config),
+        ))
+    }
+}
+
+/// The image's environment with the builder's on top: a builder variable
+/// replaces the image's of the same name in place.
+fn merge_env(image: Vec<(String, String)>, ours: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = image;
+    for (k, v) in ours {
+        match env.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
+    env
+}
+
+/// A hostname the kernel takes: 1–64 bytes of letters, digits, `-`, `.`.
+fn check_hostname(hostname: &str) -> Result<()> {
+    let reason = if hostname.is_empty() {
+        Some("is empty")
+    } else if hostname.len() > 64 {
+        Some("is longer than 64 bytes")
+    } else if !hostname
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        Some("has characters other than letters, digits, `-` and `.`")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(MicrosandboxError::InvalidConfig {
+            what: "hostname",
+            value: hostname.to_owned(),
+            source: Box::new(msb_core::Error::InvalidNamespaceSpec {
+                field: "hostname",
+                reason,
+            }),
+        }),
+    }
+}
+
+/// Soft limits never above hard ones.
+fn check_rlimits(rlimits: &[RlimitSpec]) -> Result<()> {
+    match rlimits.iter().find(|r| r.soft > r.hard) {
+        None => Ok(()),
+        Some(r) => Err(MicrosandboxError::InvalidConfig {
+            what: "rlimit",
+            value: format!("{}={}:{}", r.resource.name(), r.soft, r.hard),
+            source: Box::new(msb_core::Error::InvalidNamespaceSpec {
+                field: "rlimits",
+                reason: "has a soft limit above its hard limit",
+            }),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_env_goes_on_top_of_the_image_env() {
+        let image = vec![("PATH".into(), "/bin".into()), ("A".into(), "1".into())];
+        let ours = [("A".to_owned(), "2".to_owned()), ("B".into(), "3".into())];
+        assert_eq!(
+            merge_env(image, &ours),
+            vec![
+                ("PATH".to_owned(), "/bin".to_owned()),
+                ("A".into(), "2".into()),
+                ("B".into(), "3".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        assert!(check_hostname("box-1.local").is_ok());
+        assert!(check_hostname("").is_err());
+        assert!(check_hostname("a b").is_err());
+        assert!(check_hostname(&"x".repeat(65)).is_err());
     }
 }

@@ -378,7 +378,8 @@ impl Sandbox {
         command: &str,
         options: impl FnOnce(ExecOptions) -> ExecOptions,
     ) -> Result<ExecHandle> {
-        self.start_exec(command, options(ExecOptions::default())).await
+        self.start_exec(command, options(ExecOptions::default()))
+            .await
     }
 
     async fn start_exec(&self, command: &str, options: ExecOptions) -> Result<ExecHandle> {
@@ -391,7 +392,7 @@ impl Sandbox {
             argv,
             env,
             cwd: options.cwd.or_else(|| self.inner.workdir.clone()),
-            user: options.user,
+            user: options.user.or_else(|| self.inner.user.clone()),
             tty: options.tty,
             stdin: if piped {
                 StdinMode::Pipe

@@ -21,11 +21,12 @@ use msb_core::sandbox::spec::SandboxSpec;
 use msb_core::sandbox::state::{Backend, SandboxName, SandboxRecord, StateStore};
 
 pub use builder::{DEFAULT_BOOT_TIMEOUT, SandboxBuilder};
-pub use logs::{LogFollower, LogLine, LogOptions, LogSource};
 pub use exec::{ExecEvent, ExecHandle, ExecOptions, ExecOutput, ExecStdin, ExitStatus, Stdin};
 pub use fs::{DirEntry, FileReader, FileType, FsErrorKind, Metadata, SandboxFs};
+pub use logs::{LogFollower, LogLine, LogOptions, LogSource};
 /// Why a command could not start (see [`MicrosandboxError::ExecFailed`]).
 pub use msb_core::agent::ErrorKind as ExecErrorKind;
+pub use msb_core::sandbox::spec::RlimitResource;
 pub use msb_core::sandbox::state::SandboxStatus;
 
 use crate::error::{MicrosandboxError, Result};
@@ -154,6 +155,10 @@ struct Inner {
     detached: AtomicBool,
     env: Vec<(String, String)>,
     workdir: Option<String>,
+    /// The default user of every exec.
+    user: Option<String>,
+    /// The image's entrypoint and command.
+    command: Vec<String>,
     /// The sandbox process when we spawned it (tokio reaps it once it
     /// exits, whether or not we wait).
     _child: Mutex<Option<tokio::process::Child>>,
@@ -195,7 +200,11 @@ impl Sandbox {
                 owning: false,
                 detached: AtomicBool::new(true),
                 env: spec.as_ref().map(|s| s.env.clone()).unwrap_or_default(),
-                workdir: spec.and_then(|s| s.workdir),
+                workdir: spec.as_ref().and_then(|s| s.workdir.clone()),
+                user: spec.as_ref().and_then(|s| s.user.clone()),
+                command: spec
+                    .map(|s| s.entrypoint.into_iter().chain(s.cmd).collect())
+                    .unwrap_or_default(),
                 _child: Mutex::new(None),
             }),
         })
@@ -242,12 +251,11 @@ impl Sandbox {
         let home = home.as_ref();
         let (store, sandbox_name) = open(home, name)?;
         let fail = |e| MicrosandboxError::from_sandbox(name, e);
-        let record = store
-            .get(&sandbox_name)
-            .map_err(fail)?
-            .ok_or_else(|| MicrosandboxError::SandboxNotFound {
+        let record = store.get(&sandbox_name).map_err(fail)?.ok_or_else(|| {
+            MicrosandboxError::SandboxNotFound {
                 name: name.to_owned(),
-            })?;
+            }
+        })?;
         let isolation = Isolation::of(record.backend);
         let doomed_vm = match isolation {
             Isolation::Microvm => {
@@ -274,8 +282,7 @@ impl Sandbox {
         isolation: Isolation,
         launched: Launched,
         detached: bool,
-        env: Vec<(String, String)>,
-        workdir: Option<String>,
+        defaults: Defaults,
     ) -> Result<Sandbox> {
         let store = StateStore::open(&home)
             .map_err(|e| MicrosandboxError::from_sandbox(launched.record.name.as_str(), e))?;
@@ -288,8 +295,10 @@ impl Sandbox {
                 isolation,
                 owning: true,
                 detached: AtomicBool::new(detached),
-                env,
-                workdir,
+                env: defaults.env,
+                workdir: defaults.workdir,
+                user: defaults.user,
+                command: defaults.command,
                 _child: Mutex::new(Some(launched.child)),
             }),
         })
@@ -298,6 +307,26 @@ impl Sandbox {
     /// The sandbox's name.
     pub fn name(&self) -> &str {
         self.inner.name.as_str()
+    }
+
+    /// The image's command: its `Entrypoint` followed by its `Cmd` (or the
+    /// builder's [`entrypoint`](SandboxBuilder::entrypoint)); empty when
+    /// neither is set (e.g. a rootfs directory).
+    ///
+    /// ```no_run
+    /// # async fn run() -> microsandbox::Result<()> {
+    /// use microsandbox::Sandbox;
+    ///
+    /// let sb = Sandbox::builder("web").image("nginx").create().await?;
+    /// if let Some((cmd, args)) = sb.image_command().split_first() {
+    ///     let out = sb.exec(cmd, args).await?;
+    ///     println!("{}", out.stdout_str());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn image_command(&self) -> Vec<String> {
+        self.inner.command.clone()
     }
 
     /// The isolation backend it runs under.
@@ -416,6 +445,15 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// What every exec of a sandbox starts from.
+#[derive(Debug, Default)]
+pub(crate) struct Defaults {
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) workdir: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) command: Vec<String>,
 }
 
 fn open(home: &Path, name: &str) -> Result<(StateStore, SandboxName)> {

@@ -10,6 +10,7 @@
 //! # Ok::<(), msb_core::Error>(())
 //! ```
 
+pub mod config;
 pub mod digest;
 pub mod pull;
 pub mod reference;

@@ -104,6 +104,203 @@ pub struct SandboxSpec {
     /// The creating process: unless [`DETACHED_MARKER`] exists in the
     /// sandbox directory, the sandbox stops when it exits.
     pub creator: Option<ProcessIdentity>,
+    /// Host directories and tmpfs mounted inside, parents before children.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+    /// The user commands run as unless they say otherwise (a name, `uid`,
+    /// `uid:gid`, `name:group`); the image's `User` or the builder's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Resource limits of every process inside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<RlimitSpec>,
+    /// The image's (or the builder's) entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// The image's default arguments (`Cmd`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+}
+
+/// Where a volume's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum VolumeSource {
+    /// A host directory or file, bind-mounted (microVM: shared over
+    /// virtio-fs, directories only).
+    Bind {
+        /// The host path (absolute, existing).
+        path: PathBuf,
+    },
+    /// A named volume: a directory under `<state home>/volumes/`.
+    Named {
+        /// The volume's name.
+        name: String,
+        /// Its directory on the host.
+        path: PathBuf,
+    },
+    /// A fresh, empty tmpfs.
+    Tmpfs {
+        /// Its size limit in MiB (the kernel's default, half the RAM, when
+        /// `None`).
+        size_mib: Option<u32>,
+    },
+}
+
+impl VolumeSource {
+    /// The host path shared into the sandbox, for bind and named volumes.
+    pub fn host_path(&self) -> Option<&Path> {
+        match self {
+            VolumeSource::Bind { path } | VolumeSource::Named { path, .. } => Some(path),
+            VolumeSource::Tmpfs { .. } => None,
+        }
+    }
+}
+
+/// One volume: what is mounted where inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The mount point inside (absolute, no `..`; created if missing).
+    pub guest: String,
+    /// What is mounted there.
+    pub source: VolumeSource,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A resource limit (`setrlimit(2)`) of the sandbox's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitSpec {
+    /// Which resource.
+    pub resource: RlimitResource,
+    /// The soft limit ([`u64::MAX`]: unlimited).
+    pub soft: u64,
+    /// The hard limit ([`u64::MAX`]: unlimited).
+    pub hard: u64,
+}
+
+/// The resources of `setrlimit(2)`, by their `RLIMIT_*` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RlimitResource {
+    /// `RLIMIT_AS`: address space, bytes.
+    As,
+    /// `RLIMIT_CORE`: core file size, bytes.
+    Core,
+    /// `RLIMIT_CPU`: CPU time, seconds.
+    Cpu,
+    /// `RLIMIT_DATA`: data segment, bytes.
+    Data,
+    /// `RLIMIT_FSIZE`: file size, bytes.
+    Fsize,
+    /// `RLIMIT_LOCKS`: file locks.
+    Locks,
+    /// `RLIMIT_MEMLOCK`: locked memory, bytes.
+    Memlock,
+    /// `RLIMIT_MSGQUEUE`: POSIX message queues, bytes.
+    Msgqueue,
+    /// `RLIMIT_NICE`: nice ceiling.
+    Nice,
+    /// `RLIMIT_NOFILE`: open file descriptors.
+    Nofile,
+    /// `RLIMIT_NPROC`: processes of the user.
+    Nproc,
+    /// `RLIMIT_RSS`: resident set, bytes.
+    Rss,
+    /// `RLIMIT_RTPRIO`: real-time priority ceiling.
+    Rtprio,
+    /// `RLIMIT_RTTIME`: real-time CPU time, microseconds.
+    Rttime,
+    /// `RLIMIT_SIGPENDING`: queued signals.
+    Sigpending,
+    /// `RLIMIT_STACK`: stack, bytes.
+    Stack,
+}
+
+impl RlimitResource {
+    /// Every resource.
+    pub const ALL: [RlimitResource; 16] = [
+        RlimitResource::As,
+        RlimitResource::Core,
+        RlimitResource::Cpu,
+        RlimitResource::Data,
+        RlimitResource::Fsize,
+        RlimitResource::Locks,
+        RlimitResource::Memlock,
+        RlimitResource::Msgqueue,
+        RlimitResource::Nice,
+        RlimitResource::Nofile,
+        RlimitResource::Nproc,
+        RlimitResource::Rss,
+        RlimitResource::Rtprio,
+        RlimitResource::Rttime,
+        RlimitResource::Sigpending,
+        RlimitResource::Stack,
+    ];
+
+    /// The kernel's resource number (`RLIMIT_*`).
+    pub fn as_raw(self) -> u32 {
+        let raw = match self {
+            RlimitResource::As => libc::RLIMIT_AS,
+            RlimitResource::Core => libc::RLIMIT_CORE,
+            RlimitResource::Cpu => libc::RLIMIT_CPU,
+            RlimitResource::Data => libc::RLIMIT_DATA,
+            RlimitResource::Fsize => libc::RLIMIT_FSIZE,
+            RlimitResource::Locks => libc::RLIMIT_LOCKS,
+            RlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
+            RlimitResource::Msgqueue => libc::RLIMIT_MSGQUEUE,
+            RlimitResource::Nice => libc::RLIMIT_NICE,
+            RlimitResource::Nofile => libc::RLIMIT_NOFILE,
+            RlimitResource::Nproc => libc::RLIMIT_NPROC,
+            RlimitResource::Rss => libc::RLIMIT_RSS,
+            RlimitResource::Rtprio => libc::RLIMIT_RTPRIO,
+            RlimitResource::Rttime => libc::RLIMIT_RTTIME,
+            RlimitResource::Sigpending => libc::RLIMIT_SIGPENDING,
+            RlimitResource::Stack => libc::RLIMIT_STACK,
+        };
+        // `u32` with glibc, `c_int` with musl.
+        #[allow(clippy::unnecessary_cast)]
+        let raw = raw as u32;
+        raw
+    }
+
+    /// The lower-case name without `RLIMIT_` (`nofile`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RlimitResource::As => "as",
+            RlimitResource::Core => "core",
+            RlimitResource::Cpu => "cpu",
+            RlimitResource::Data => "data",
+            RlimitResource::Fsize => "fsize",
+            RlimitResource::Locks => "locks",
+            RlimitResource::Memlock => "memlock",
+            RlimitResource::Msgqueue => "msgqueue",
+            RlimitResource::Nice => "nice",
+            RlimitResource::Nofile => "nofile",
+            RlimitResource::Nproc => "nproc",
+            RlimitResource::Rss => "rss",
+            RlimitResource::Rtprio => "rtprio",
+            RlimitResource::Rttime => "rttime",
+            RlimitResource::Sigpending => "sigpending",
+            RlimitResource::Stack => "stack",
+        }
+    }
+}
+
+impl std::str::FromStr for RlimitResource {
+    type Err = ();
+
+    /// `nofile`, `NOFILE` or `RLIMIT_NOFILE` (any case).
+    fn from_str(s: &str) -> std::result::Result<RlimitResource, ()> {
+        let lower = s.trim().to_ascii_lowercase();
+        let name = lower.strip_prefix("rlimit_").unwrap_or(&lower);
+        RlimitResource::ALL
+            .into_iter()
+            .find(|r| r.name() == name)
+            .ok_or(())
+    }
 }
 
 impl SandboxSpec {

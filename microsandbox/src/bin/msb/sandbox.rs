@@ -66,7 +66,8 @@ pub struct RunArgs {
     io: IoFlags,
     /// Image reference, or a rootfs directory (starting with `/` or `.`).
     image: String,
-    /// The command and its arguments (default: `sh`).
+    /// The command and its arguments (default: the image's entrypoint and
+    /// command, else `sh`).
     #[arg(last = true)]
     command: Vec<String>,
 }
@@ -249,7 +250,13 @@ fn generated_name(prefix: &str) -> String {
 pub async fn run(args: &RunArgs) -> std::result::Result<ExitCode, MicrosandboxError> {
     let builder = args.flags.builder(&args.image, || generated_name("run"))?;
     let sb = builder.create().await?;
-    let (cmd, rest) = match args.command.split_first() {
+    // Without a command: the image's entrypoint and command, else `sh`.
+    let command = if args.command.is_empty() {
+        sb.image_command()
+    } else {
+        args.command.clone()
+    };
+    let (cmd, rest) = match command.split_first() {
         Some((cmd, rest)) => (cmd.clone(), rest.to_vec()),
         None => ("sh".to_owned(), Vec::new()),
     };

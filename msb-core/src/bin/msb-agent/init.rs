@@ -3,8 +3,11 @@
 //! filesystems and sets the hostname before serving, and powers the VM off
 //! instead of exiting (an exiting PID 1 panics the kernel).
 //!
+//! Volumes (`MSB_MOUNTS`, see [`parse_mounts`]) are mounted after them:
+//! virtio-fs shares by tag, and tmpfs.
+//!
 //! Namespace sandboxes don't set `MSB_AGENT_INIT`: there the host has
-//! already set up `/proc`, `/dev` and `/tmp`.
+//! already set up `/proc`, `/dev`, `/tmp` and the volumes.
 
 use std::io;
 use std::path::Path;
@@ -16,6 +19,104 @@ use nix::mount::{MsFlags, mount};
 pub const INIT_ENV: &str = "MSB_AGENT_INIT";
 /// The environment variable holding the hostname to set, if any.
 pub const HOSTNAME_ENV: &str = "MSB_HOSTNAME";
+/// The environment variable listing the volumes to mount (see
+/// [`parse_mounts`]).
+pub const MOUNTS_ENV: &str = "MSB_MOUNTS";
+
+/// What a volume mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A virtio-fs share, by tag.
+    Virtiofs(String),
+    /// A new tmpfs, with a size limit in MiB.
+    Tmpfs(Option<u32>),
+}
+
+/// One volume from `MSB_MOUNTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// What is mounted.
+    pub source: VolumeSource,
+    /// Where (absolute).
+    pub target: String,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// Parses `MSB_MOUNTS`: comma-separated `SOURCE:GUEST[:ro]`, where
+/// `SOURCE` is a virtio-fs tag, `tmpfs` or `tmpfs=<MiB>`. Malformed
+/// entries are returned as errors, one per entry, and skipped.
+pub fn parse_mounts(value: &str) -> (Vec<Volume>, Vec<String>) {
+    let mut volumes = Vec::new();
+    let mut errors = Vec::new();
+    for entry in value.split(',').filter(|e| !e.is_empty()) {
+        let mut parts = entry.split(':');
+        let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
+            errors.push(format!("{entry:?}: expected SOURCE:GUEST[:ro]"));
+            continue;
+        };
+        let read_only = match parts.next() {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(other) => {
+                errors.push(format!("{entry:?}: unknown option {other:?}"));
+                continue;
+            }
+        };
+        if parts.next().is_some() || !target.starts_with('/') || source.is_empty() {
+            errors.push(format!("{entry:?}: expected SOURCE:/GUEST[:ro]"));
+            continue;
+        }
+        let source = match source.strip_prefix("tmpfs") {
+            Some("") => VolumeSource::Tmpfs(None),
+            Some(size) => match size.strip_prefix('=').map(str::parse::<u32>) {
+                Some(Ok(mib)) => VolumeSource::Tmpfs(Some(mib)),
+                _ => VolumeSource::Virtiofs(source.to_owned()),
+            },
+            None => VolumeSource::Virtiofs(source.to_owned()),
+        };
+        volumes.push(Volume {
+            source,
+            target: target.to_owned(),
+            read_only,
+        });
+    }
+    (volumes, errors)
+}
+
+/// Mounts one volume (creating its mount point).
+fn mount_volume(v: &Volume) -> io::Result<()> {
+    std::fs::create_dir_all(&v.target)?;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if v.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    match &v.source {
+        VolumeSource::Virtiofs(tag) => {
+            mount(
+                Some(tag.as_str()),
+                v.target.as_str(),
+                Some("virtiofs"),
+                flags,
+                None::<&str>,
+            )?;
+        }
+        VolumeSource::Tmpfs(size) => {
+            let data = match size {
+                Some(mib) => format!("mode=1777,size={mib}m"),
+                None => "mode=1777".to_owned(),
+            };
+            mount(
+                Some("tmpfs"),
+                v.target.as_str(),
+                Some("tmpfs"),
+                flags,
+                Some(data.as_str()),
+            )?;
+        }
+    }
+    Ok(())
+}
 
 /// One pseudo filesystem to mount.
 struct Mount {
@@ -96,6 +197,20 @@ pub fn setup() {
             eprintln!("msb-agent: mounting {} on {}: {e}", m.fstype, m.target);
         }
     }
+    if let Ok(value) = std::env::var(MOUNTS_ENV) {
+        let (volumes, errors) = parse_mounts(&value);
+        for e in errors {
+            eprintln!("msb-agent: {MOUNTS_ENV}: {e}");
+        }
+        for v in &volumes {
+            if let Err(e) = mount_volume(v) {
+                eprintln!(
+                    "msb-agent: mounting volume {:?} on {}: {e}",
+                    v.source, v.target
+                );
+            }
+        }
+    }
     // /dev/ptmx must be the new devpts instance's.
     if !Path::new("/dev/ptmx").exists()
         && let Err(e) = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx")
@@ -146,6 +261,32 @@ pub fn power_off() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_are_parsed() {
+        let (v, errors) = parse_mounts("msbvol0:/data,tmpfs=64:/scratch:ro,tmpfs:/t,bad,x:rel");
+        assert_eq!(
+            v,
+            vec![
+                Volume {
+                    source: VolumeSource::Virtiofs("msbvol0".into()),
+                    target: "/data".into(),
+                    read_only: false
+                },
+                Volume {
+                    source: VolumeSource::Tmpfs(Some(64)),
+                    target: "/scratch".into(),
+                    read_only: true
+                },
+                Volume {
+                    source: VolumeSource::Tmpfs(None),
+                    target: "/t".into(),
+                    read_only: false
+                },
+            ]
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
 
     #[test]
     fn parents_are_mounted_before_children() {

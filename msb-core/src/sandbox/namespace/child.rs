@@ -43,6 +43,27 @@ pub(super) enum Op {
     Touch { path: CString },
     /// `symlink(target, link)`; an existing entry is fine.
     Symlink { target: CString, link: CString },
+    /// `prctl(PR_CAPBSET_DROP, cap)`: the capability leaves the bounding
+    /// set, so the program cannot hold it after `execve` (the effective
+    /// set, needed for the rest of the setup, is untouched).
+    DropBoundingCap { cap: libc::c_int },
+    /// A mount onto a path beneath `root`, resolved one component at a time
+    /// with `O_NOFOLLOW` (so a symlink in the rootfs can never redirect it
+    /// to the host): missing components are created (directories, and the
+    /// last one as an empty file when `file`), any existing component that
+    /// is a symlink fails with `ELOOP`. The target is then reached through
+    /// `/proc/self/fd/N`, and `remount` (when set) is applied onto it after
+    /// the mount (e.g. `MS_REMOUNT | MS_BIND | MS_RDONLY`).
+    MountBeneath {
+        root: CString,
+        components: Vec<CString>,
+        file: bool,
+        source: Option<CString>,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+        remount: Option<libc::c_ulong>,
+    },
 }
 
 /// One step of the plan: the operation, and the name reported if it fails.
@@ -72,6 +93,7 @@ pub(super) const FIXED_STEPS: &[&str] = &[
     "execve",                  // 14
     "reset signals",           // 15
     "set parent-death signal", // 16
+    "set rlimit",              // 17
 ];
 const WAIT_MAPS: u32 = 0;
 const SETSID: u32 = 1;
@@ -90,6 +112,7 @@ const STDIO: u32 = 13;
 const EXEC: u32 = 14;
 const SIGNALS: u32 = 15;
 const PDEATHSIG: u32 = 16;
+const RLIMIT: u32 = 17;
 
 /// Step codes at or above this are plan operations.
 pub(super) const PLAN_BASE: u32 = 0x1_0000;
@@ -114,6 +137,8 @@ pub(super) struct ChildPlan {
     pub(super) die_with_parent: bool,
     pub(super) uid: libc::uid_t,
     pub(super) gid: libc::gid_t,
+    /// Resource limits set before the ids are dropped: `(RLIMIT_*, limit)`.
+    pub(super) rlimits: Vec<(libc::c_int, libc::rlimit)>,
     /// Source fds (CLOEXEC, ≥ 3) for 0, 1 and 2; `None` inherits.
     pub(super) stdio: [Option<RawFd>; 3],
     /// Programs to try, in order (one, or the `PATH` candidates).
@@ -189,6 +214,28 @@ fn run_op(op: &Op) -> Result<(), i32> {
         }
         // SAFETY: both strings are NUL-terminated and owned by the plan.
         Op::Symlink { target, link } => unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) },
+        // SAFETY: prctl(PR_CAPBSET_DROP) takes a capability number.
+        Op::DropBoundingCap { cap } => unsafe {
+            libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0)
+        },
+        Op::MountBeneath {
+            root,
+            components,
+            file,
+            source,
+            fstype,
+            flags,
+            data,
+            remount,
+        } => {
+            let Some(last) = components.last() else {
+                return Err(libc::EINVAL);
+            };
+            let resolved = resolve_beneath(root, components, *file)?;
+            let result = mount_resolved(&resolved, last, source, fstype, *flags, data, *remount);
+            resolved.close();
+            return result;
+        }
     };
     if ret < 0 {
         let e = errno();
@@ -198,6 +245,190 @@ fn run_op(op: &Op) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// The descriptors [`resolve_beneath`] opens (closed by its user): the
+/// target's parent directory and the target itself (`O_PATH`).
+struct Resolved {
+    parent: RawFd,
+    target: RawFd,
+}
+
+impl Resolved {
+    fn close(&self) {
+        // SAFETY: opened by resolve_beneath, closed once.
+        unsafe { libc::close(self.parent) };
+        // SAFETY: likewise.
+        unsafe { libc::close(self.target) };
+    }
+}
+
+/// Opens `root/components...` (`O_PATH`), creating missing components and
+/// refusing symlinks; see [`Op::MountBeneath`]. `components` is never
+/// empty. No allocation.
+fn resolve_beneath(root: &CString, components: &[CString], file: bool) -> Result<Resolved, i32> {
+    // SAFETY: `root` is NUL-terminated and owned by the plan.
+    let mut dir = unsafe {
+        libc::open(
+            root.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return Err(errno());
+    }
+    for (i, name) in components.iter().enumerate() {
+        let last = i + 1 == components.len();
+        let want_file = file && last;
+        // Create what is missing; an existing entry (EEXIST, or a file
+        // opened as is) is judged by the fstat below.
+        if want_file {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: `dir` is our descriptor, `name` NUL-terminated.
+            let fd = unsafe { libc::openat(dir, name.as_ptr(), flags, 0o644 as libc::c_uint) };
+            if fd >= 0 {
+                // SAFETY: just opened, closed once.
+                unsafe { libc::close(fd) };
+            }
+        } else {
+            // SAFETY: `dir` is our descriptor, `name` NUL-terminated.
+            unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) };
+        }
+        // SAFETY: as above; O_PATH|O_NOFOLLOW opens a symlink itself.
+        let next = unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        let e = errno();
+        let close_all = |fds: &[RawFd]| {
+            for fd in fds {
+                // SAFETY: our descriptors, each closed once.
+                unsafe { libc::close(*fd) };
+            }
+        };
+        if next < 0 {
+            close_all(&[dir]);
+            return Err(e);
+        }
+        // SAFETY: a zeroed stat is a valid out-buffer for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `next` is our descriptor, `st` a live buffer.
+        if unsafe { libc::fstat(next, &mut st) } < 0 {
+            let e = errno();
+            close_all(&[dir, next]);
+            return Err(e);
+        }
+        let kind = st.st_mode & libc::S_IFMT;
+        let wanted = if want_file {
+            libc::S_IFREG
+        } else {
+            libc::S_IFDIR
+        };
+        if kind != wanted {
+            close_all(&[dir, next]);
+            return Err(match kind {
+                libc::S_IFLNK => libc::ELOOP,
+                libc::S_IFDIR => libc::EISDIR,
+                _ => libc::ENOTDIR,
+            });
+        }
+        if last {
+            return Ok(Resolved {
+                parent: dir,
+                target: next,
+            });
+        }
+        close_all(&[dir]);
+        dir = next;
+    }
+    // Unreachable for a non-empty `components`.
+    // SAFETY: ours, closed once.
+    unsafe { libc::close(dir) };
+    Err(libc::EINVAL)
+}
+
+/// `/proc/self/fd/<fd>` in `buf`, NUL-terminated. No allocation.
+fn proc_fd_path(fd: RawFd, buf: &mut [u8; 32]) {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 12];
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[PREFIX.len() + i] = digits[len - 1 - i];
+    }
+    buf[PREFIX.len() + len] = 0;
+}
+
+/// Mounts onto the resolved target; with `remount`, reopens the target by
+/// name (now the new mount's root) and remounts it.
+fn mount_resolved(
+    resolved: &Resolved,
+    last: &CString,
+    source: &Option<CString>,
+    fstype: &Option<CString>,
+    flags: libc::c_ulong,
+    data: &Option<CString>,
+    remount: Option<libc::c_ulong>,
+) -> Result<(), i32> {
+    let mut path = [0u8; 32];
+    proc_fd_path(resolved.target, &mut path);
+    // SAFETY: every pointer is a NUL-terminated string (the plan's, or the
+    // stack buffer above) or NULL where mount(2) allows it.
+    let ret = unsafe {
+        libc::mount(
+            opt_ptr(source),
+            path.as_ptr().cast(),
+            opt_ptr(fstype),
+            flags,
+            opt_ptr(data).cast(),
+        )
+    };
+    if ret < 0 {
+        return Err(errno());
+    }
+    let Some(remount) = remount else {
+        return Ok(());
+    };
+    // A lookup by name crosses into the mount just made (the O_PATH
+    // descriptor still names the directory beneath it).
+    // SAFETY: `parent` is our descriptor, `last` NUL-terminated.
+    let top = unsafe {
+        libc::openat(
+            resolved.parent,
+            last.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if top < 0 {
+        return Err(errno());
+    }
+    proc_fd_path(top, &mut path);
+    // SAFETY: as above; a remount takes no source, type or data.
+    let ret = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr().cast(),
+            std::ptr::null(),
+            remount,
+            std::ptr::null(),
+        )
+    };
+    let e = errno();
+    // SAFETY: ours, closed once.
+    unsafe { libc::close(top) };
+    if ret < 0 { Err(e) } else { Ok(()) }
 }
 
 /// `struct ifreq` reduced to the name and the flags (40 bytes, as the kernel's).
@@ -344,6 +575,17 @@ pub(super) unsafe fn run(plan: &ChildPlan) -> ! {
         CHDIR_CWD,
         unsafe { libc::chdir(plan.cwd.as_ptr()) }.into(),
     );
+
+    // Resource limits, while we still may (lowering needs no privilege;
+    // the parent already raised what needed raising).
+    for (resource, limit) in &plan.rlimits {
+        // SAFETY: `limit` is a live rlimit; setrlimit(2) is a system call.
+        check(
+            err,
+            RLIMIT,
+            unsafe { libc::setrlimit(*resource as _, limit) }.into(),
+        );
+    }
 
     // 6. Drop to the requested ids (groups first: setgroups and setresgid
     //    need the privileges setresuid gives up).

@@ -31,7 +31,10 @@
 //!    ([`RootfsLayout`]'s options, `userxattr` in a user namespace); `merged`
 //!    bind-mounted onto itself (a mount point, as `pivot_root` needs, also
 //!    for the copy strategies); a new procfs at `/proc` (for the new PID
-//!    namespace); `/dev` as a tmpfs with `null zero full random urandom tty`
+//!    namespace) with its host-wide entries read-only or masked
+//!    (`/proc/sys`, `/proc/kcore`, ...: see [`PROC_READONLY`]) and
+//!    `CAP_SYS_ADMIN` dropped from the bounding set, so that root inside
+//!    cannot undo them; `/dev` as a tmpfs with `null zero full random urandom tty`
 //!    bind-mounted from the host, `/dev/pts` (devpts `newinstance`),
 //!    `/dev/shm` (tmpfs), and the symlinks `fd stdin stdout stderr ptmx`;
 //!    `/tmp` as a tmpfs; `pivot_root(".", ".")` inside `merged` followed by
@@ -78,9 +81,8 @@
 //!
 //! # What is not (yet) done here
 //!
-//! cgroup limits and a cgroup namespace, `/sys`, capability bounding,
-//! `no_new_privs` and seccomp, masking of `/proc` paths (`/proc/kcore`,
-//! `/proc/sys` read-only), networking beyond `lo`, descriptors other than
+//! cgroup limits and a cgroup namespace, `/sys`, capability bounding
+//! beyond `CAP_SYS_ADMIN`, `no_new_privs` and seccomp, networking beyond `lo`, descriptors other than
 //! 0–2 passed to the program, terminal (pty) allocation.
 
 mod child;
@@ -150,6 +152,49 @@ pub enum Stdio {
     Fd(OwnedFd),
 }
 
+/// What a [`Mount`] puts at its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A host directory or file, bind-mounted (recursively).
+    Bind(PathBuf),
+    /// A new tmpfs, limited to this many bytes when set.
+    Tmpfs {
+        /// The size limit.
+        size_bytes: Option<u64>,
+    },
+}
+
+/// A filesystem mounted inside the sandbox, on top of the rootfs, before
+/// `pivot_root`.
+///
+/// The target is resolved beneath the new root one component at a time
+/// without following symlinks: missing directories are created (and, for a
+/// bind of a host file, an empty file as the last one), and a symlink on
+/// the way fails the spawn with `ELOOP` (step `"mount volume"`), so an
+/// image can never redirect a mount onto the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The path inside (absolute, without `..`; not `/`).
+    pub target: PathBuf,
+    /// What is mounted.
+    pub source: MountSource,
+    /// Mounted read-only (a bind is remounted `MS_RDONLY`; only its top
+    /// mount, not host mounts below it).
+    pub read_only: bool,
+}
+
+/// A resource limit set on the sandbox's PID 1 (and so inherited by
+/// everything inside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `RLIMIT_*`.
+    pub resource: u32,
+    /// The soft limit (`u64::MAX`: unlimited).
+    pub soft: u64,
+    /// The hard limit (`u64::MAX`: unlimited).
+    pub hard: u64,
+}
+
 /// What to run, and how.
 #[derive(Debug)]
 pub struct NamespaceSpec {
@@ -173,6 +218,12 @@ pub struct NamespaceSpec {
     pub user_namespace: UserNamespace,
     /// Bring up `lo` in the new network namespace.
     pub loopback: bool,
+    /// Filesystems mounted on top of the rootfs, in order (parents first).
+    pub mounts: Vec<Mount>,
+    /// Resource limits of PID 1. Raising a hard limit needs the caller's
+    /// privilege (`CAP_SYS_RESOURCE`): with a user namespace the caller sets
+    /// them on the child before releasing it.
+    pub rlimits: Vec<Rlimit>,
     /// SIGKILL the sandbox when the thread that spawned it exits (the
     /// kernel's parent-death signal), so a sandbox process killed with
     /// SIGKILL takes its sandbox with it. Only for spawning threads that
@@ -205,6 +256,8 @@ impl NamespaceSpec {
             gid: 0,
             user_namespace: UserNamespace::Auto,
             loopback: true,
+            mounts: Vec::new(),
+            rlimits: Vec::new(),
             die_with_parent: false,
             stdin: Stdio::Inherit,
             stdout: Stdio::Inherit,
@@ -460,6 +513,8 @@ fn mount_plan(root: &SandboxRoot, userns: bool) -> Result<Vec<PlanStep>> {
         ),
     );
 
+    push_proc_masks(&mut push, &at)?;
+
     push(
         "create /dev",
         Op::Mkdir {
@@ -570,6 +625,221 @@ fn mount_plan(root: &SandboxRoot, userns: bool) -> Result<Vec<PlanStep>> {
     Ok(ops)
 }
 
+fn rlimit_of(r: &Rlimit) -> libc::rlimit {
+    let value = |v: u64| {
+        if v == u64::MAX {
+            libc::RLIM_INFINITY
+        } else {
+            v
+        }
+    };
+    libc::rlimit {
+        rlim_cur: value(r.soft),
+        rlim_max: value(r.hard),
+    }
+}
+
+/// The mount flags a bind of `path` must keep when remounted inside a user
+/// namespace (the kernel locks `nosuid`, `nodev`, `noexec` and the atime
+/// flags of mounts it inherits from a more privileged namespace).
+fn locked_flags(path: &Path) -> Result<libc::c_ulong> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| Error::Io {
+        op: "statvfs",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    use nix::sys::statvfs::FsFlags;
+    let f = st.flags();
+    let mut flags = 0;
+    for (has, flag) in [
+        (FsFlags::ST_NOSUID, libc::MS_NOSUID),
+        (FsFlags::ST_NODEV, libc::MS_NODEV),
+        (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, libc::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f.contains(has) {
+            flags |= flag;
+        }
+    }
+    Ok(flags)
+}
+
+/// The components of a mount target: absolute, no `..`, not `/`.
+fn target_components(target: &Path) -> Result<Vec<CString>> {
+    use std::path::Component;
+    let invalid = |reason| Error::InvalidNamespaceSpec {
+        field: "mounts",
+        reason,
+    };
+    if !target.is_absolute() {
+        return Err(invalid("has a target that is not absolute"));
+    }
+    let mut out = Vec::new();
+    for c in target.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => return Err(invalid("has a target with `..`")),
+            Component::Normal(name) => out.push(cstring("mounts", name.as_bytes())?),
+            Component::Prefix(_) => return Err(invalid("has a target that is not absolute")),
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid("has `/` as a target"));
+    }
+    Ok(out)
+}
+
+/// The plan steps of the extra mounts, after the rootfs's own.
+fn volume_plan(root: &SandboxRoot, mounts: &[Mount]) -> Result<Vec<PlanStep>> {
+    let merged = std::path::absolute(root.merged()).map_err(|source| Error::Io {
+        op: "resolve",
+        path: root.merged().into(),
+        source,
+    })?;
+    let root_c = cpath("rootfs", &merged)?;
+    let mut steps = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let components = target_components(&m.target)?;
+        let op = match &m.source {
+            MountSource::Bind(host) => {
+                let meta = std::fs::metadata(host).map_err(|source| Error::Io {
+                    op: "stat",
+                    path: host.clone(),
+                    source,
+                })?;
+                let remount = if m.read_only {
+                    Some(libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked_flags(host)?)
+                } else {
+                    None
+                };
+                Op::MountBeneath {
+                    root: root_c.clone(),
+                    components,
+                    file: !meta.is_dir(),
+                    source: Some(cpath("mounts", host)?),
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                    remount,
+                }
+            }
+            MountSource::Tmpfs { size_bytes } => {
+                let mut data = String::from("mode=1777");
+                if let Some(size) = size_bytes {
+                    data.push_str(&format!(",size={size}"));
+                }
+                let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+                if m.read_only {
+                    flags |= libc::MS_RDONLY;
+                }
+                Op::MountBeneath {
+                    root: root_c.clone(),
+                    components,
+                    file: false,
+                    source: Some(c"tmpfs".into()),
+                    fstype: Some(c"tmpfs".into()),
+                    flags,
+                    data: Some(cstring("mounts", data.as_bytes())?),
+                    remount: None,
+                }
+            }
+        };
+        steps.push(PlanStep {
+            step: "mount volume",
+            op,
+        });
+    }
+    Ok(steps)
+}
+
+/// `/proc` entries that reach the host's kernel as a whole, made read-only
+/// in the sandbox (as runc does). With a root caller the sandbox's uid 0
+/// *is* host uid 0 (identity map), and the sysctl permission check only
+/// looks at the euid: without this, root inside could write host sysctls
+/// such as `kernel.core_pattern` (a known way to run a program as host
+/// root) through its own procfs.
+pub const PROC_READONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// `/proc` files hidden behind `/dev/null` (kernel memory, other users'
+/// keys, host timer and scheduler details).
+pub const PROC_MASKED_FILES: &[&str] = &["kcore", "keys", "timer_list", "sched_debug"];
+
+/// `/proc` directories hidden behind an empty read-only tmpfs.
+pub const PROC_MASKED_DIRS: &[&str] = &["acpi", "scsi"];
+
+/// The bounding-set capability dropped before the program's `execve`:
+/// `CAP_SYS_ADMIN` (21 in `linux/capability.h`). Without it the sandbox's
+/// root cannot unmount or remount the `/proc` protections above, nor mount
+/// a fresh procfs (in a nested user namespace the kernel refuses a procfs
+/// that would reveal what these mounts cover, and keeps them locked).
+const CAP_SYS_ADMIN: libc::c_int = 21;
+
+/// Adds the `/proc` protections (after `/proc` is mounted): read-only
+/// binds of [`PROC_READONLY`], `/dev/null` over [`PROC_MASKED_FILES`], an
+/// empty read-only tmpfs over [`PROC_MASKED_DIRS`] (each only where this
+/// kernel has it), and the drop of `CAP_SYS_ADMIN` from the bounding set.
+fn push_proc_masks(
+    push: &mut impl FnMut(&'static str, Op),
+    at: &impl Fn(&str) -> Result<CString>,
+) -> Result<()> {
+    let host_has = |entry: &str| Path::new("/proc").join(entry).exists();
+    let locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for entry in PROC_READONLY.iter().filter(|e| host_has(e)) {
+        let target = at(&format!("proc/{entry}"))?;
+        push(
+            "bind a /proc entry read-only",
+            Op::Mount {
+                source: Some(target.clone()),
+                target: target.clone(),
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+            },
+        );
+        push(
+            "remount a /proc entry read-only",
+            Op::Mount {
+                source: None,
+                target,
+                fstype: None,
+                flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked,
+                data: None,
+            },
+        );
+    }
+    for entry in PROC_MASKED_FILES.iter().filter(|e| host_has(e)) {
+        push(
+            "mask a /proc file",
+            Op::Mount {
+                source: Some(c"/dev/null".into()),
+                target: at(&format!("proc/{entry}"))?,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            },
+        );
+    }
+    for entry in PROC_MASKED_DIRS.iter().filter(|e| host_has(e)) {
+        push(
+            "mask a /proc directory",
+            Op::Mount {
+                source: Some(c"tmpfs".into()),
+                target: at(&format!("proc/{entry}"))?,
+                fstype: Some(c"tmpfs".into()),
+                flags: libc::MS_RDONLY | locked,
+                data: None,
+            },
+        );
+    }
+    push(
+        "drop CAP_SYS_ADMIN from the bounding set",
+        Op::DropBoundingCap { cap: CAP_SYS_ADMIN },
+    );
+    Ok(())
+}
+
 /// The paths `execve` is tried on: `argv[0]` itself if it has a `/`,
 /// otherwise `dir/argv[0]` for each `dir` of `PATH`.
 fn program_candidates(program: &OsStr, env: &[(OsString, OsString)]) -> Result<Vec<CString>> {
@@ -653,6 +923,8 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         gid,
         user_namespace,
         loopback,
+        mounts,
+        rlimits,
         die_with_parent,
         stdin,
         stdout,
@@ -697,7 +969,20 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
             cstring("env", &kv)
         })
         .collect::<Result<_>>()?;
-    let ops = mount_plan(&root, userns)?;
+    let mut ops = mount_plan(&root, userns)?;
+    ops.extend(volume_plan(&root, &mounts)?);
+    for r in &rlimits {
+        if r.soft > r.hard {
+            return Err(Error::InvalidNamespaceSpec {
+                field: "rlimits",
+                reason: "has a soft limit above its hard limit",
+            });
+        }
+    }
+    let rlimits_c: Vec<(libc::c_int, libc::rlimit)> = rlimits
+        .iter()
+        .map(|r| (r.resource as libc::c_int, rlimit_of(r)))
+        .collect();
     let merged = std::path::absolute(root.merged()).map_err(|source| Error::Io {
         op: "resolve",
         path: root.merged().into(),
@@ -724,6 +1009,7 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         die_with_parent,
         uid,
         gid,
+        rlimits: rlimits_c,
         stdio: [
             stdio_owned[0].as_ref().map(|f| f.as_raw_fd()),
             stdio_owned[1].as_ref().map(|f| f.as_raw_fd()),
@@ -793,6 +1079,21 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         drop(sync_r);
         // On failure `child` is dropped: SIGKILL and reap.
         write_id_maps(pid, euid, egid)?;
+        // Inside its user namespace the child can only lower its limits.
+        for (resource, limit) in &plan.rlimits {
+            // SAFETY: `limit` is a live rlimit; no old limit wanted.
+            let ret = unsafe {
+                libc::prlimit(
+                    pid,
+                    *resource as libc::__rlimit_resource_t,
+                    limit,
+                    std::ptr::null_mut(),
+                )
+            };
+            if ret < 0 {
+                return Err(setup_error("set rlimit", Errno::last()));
+            }
+        }
         let mut w = std::fs::File::from(sync_w);
         std::io::Write::write_all(&mut w, b"1").map_err(|e| {
             setup_error(

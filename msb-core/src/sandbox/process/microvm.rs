@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{BootEvent, Reporter, StopCause, creator_gone, failed, prepare_rootfs, record_final};
-use crate::krun::KrunContext;
+use crate::krun::{KrunContext, Rlimit, VirtiofsOptions};
 use crate::rootfs::{AGENT_PATH, RootfsLayout, Strategy};
 use crate::sandbox::client::AgentConnection;
 use crate::sandbox::namespace::DEFAULT_PATH;
 use crate::sandbox::socket::SocketPath;
-use crate::sandbox::spec::{AGENT_SOCKET, AGENT_VSOCK_PORT, CONSOLE_LOG, SandboxSpec};
+use crate::sandbox::spec::{
+    AGENT_SOCKET, AGENT_VSOCK_PORT, CONSOLE_LOG, SandboxSpec, VolumeSource,
+};
 use crate::sandbox::state::SandboxStatus;
 use crate::{Error, Result};
 
@@ -130,14 +132,24 @@ fn configure(
     .map_err(krun)?;
     ctx.set_root(&layout.merged).map_err(krun)?;
     let port = AGENT_VSOCK_PORT.to_string();
-    let env = [
+    let mounts = share_volumes(&mut ctx, spec).map_err(krun)?;
+    let mut env = vec![
         ("PATH", DEFAULT_PATH),
         ("MSB_AGENT_VSOCK_PORT", port.as_str()),
         ("MSB_AGENT_INIT", "1"),
         ("MSB_HOSTNAME", spec.hostname.as_str()),
     ];
+    if !mounts.is_empty() {
+        env.push((MOUNTS_ENV, mounts.as_str()));
+    }
     ctx.set_exec(AGENT_PATH, &[] as &[&str], &env)
         .map_err(krun)?;
+    let rlimits: Vec<Rlimit> = spec
+        .rlimits
+        .iter()
+        .map(|r| Rlimit::new(r.resource.as_raw(), r.soft, r.hard))
+        .collect();
+    ctx.set_rlimits(&rlimits).map_err(krun)?;
     ctx.set_workdir("/").map_err(krun)?;
     let short = SocketPath::new(socket).map_err(|source| Error::Io {
         op: "open socket directory of",
@@ -149,6 +161,46 @@ fn configure(
     ctx.set_console_output(&dir.join(CONSOLE_LOG))
         .map_err(krun)?;
     Ok((ctx, short))
+}
+
+/// The agent's environment variable listing the volumes to mount in init
+/// mode: comma-separated `SOURCE:GUEST[:ro]`, where `SOURCE` is a
+/// virtio-fs tag, `tmpfs` or `tmpfs=<MiB>`.
+pub const MOUNTS_ENV: &str = "MSB_MOUNTS";
+
+/// The virtio-fs tag of the `index`th volume.
+fn volume_tag(index: usize) -> String {
+    format!("msbvol{index}")
+}
+
+/// Shares every bind and named volume over virtio-fs and returns the
+/// [`MOUNTS_ENV`] value telling the agent what to mount where.
+fn share_volumes(ctx: &mut KrunContext, spec: &SandboxSpec) -> std::io::Result<String> {
+    let mut entries = Vec::with_capacity(spec.volumes.len());
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let source = match &v.source {
+            VolumeSource::Bind { path } | VolumeSource::Named { path, .. } => {
+                let tag = volume_tag(i);
+                if v.read_only {
+                    let options = VirtiofsOptions {
+                        shm_size: 0,
+                        read_only: true,
+                    };
+                    ctx.add_virtiofs_with(&tag, path, options)?;
+                } else {
+                    ctx.add_virtiofs(&tag, path)?;
+                }
+                tag
+            }
+            VolumeSource::Tmpfs { size_mib: None } => "tmpfs".to_owned(),
+            VolumeSource::Tmpfs {
+                size_mib: Some(mib),
+            } => format!("tmpfs={mib}"),
+        };
+        let ro = if v.read_only { ":ro" } else { "" };
+        entries.push(format!("{source}:{}{ro}", v.guest));
+    }
+    Ok(entries.join(","))
 }
 
 /// The watcher thread: readiness, then stop requests.

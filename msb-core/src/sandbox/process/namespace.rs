@@ -15,9 +15,10 @@ use crate::rootfs::AGENT_PATH;
 use crate::sandbox::cgroup::{CgroupLayout, Limits, SandboxCgroup};
 use crate::sandbox::client::AgentConnection;
 use crate::sandbox::namespace::{
-    DEFAULT_PATH, NamespaceChild, NamespaceSpec, SandboxRoot, Stdio, spawn,
+    DEFAULT_PATH, Mount, MountSource, NamespaceChild, NamespaceSpec, Rlimit, SandboxRoot, Stdio,
+    spawn,
 };
-use crate::sandbox::spec::{AGENT_SOCKET, CONSOLE_LOG, SandboxSpec};
+use crate::sandbox::spec::{AGENT_SOCKET, CONSOLE_LOG, SandboxSpec, VolumeSource};
 use crate::sandbox::state::SandboxStatus;
 use crate::{Error, Result};
 
@@ -181,6 +182,16 @@ fn boot(spec: &SandboxSpec, dir: &Path) -> std::result::Result<Booted, (&'static
         ("MSB_AGENT_LISTEN_FD".into(), "0".into()),
         ("MSB_HOSTNAME".into(), spec.hostname.clone().into()),
     ];
+    ns.mounts = volume_mounts(spec);
+    ns.rlimits = spec
+        .rlimits
+        .iter()
+        .map(|r| Rlimit {
+            resource: r.resource.as_raw(),
+            soft: r.soft,
+            hard: r.hard,
+        })
+        .collect();
     ns.die_with_parent = true;
     ns.stdin = Stdio::Fd(OwnedFd::from(listener));
     ns.stdout = Stdio::Fd(clone_fd(&console, &console_path).map_err(|e| ("console", e))?);
@@ -191,6 +202,25 @@ fn boot(spec: &SandboxSpec, dir: &Path) -> std::result::Result<Booted, (&'static
     }
     tracing::info!(pid = child.pid(), "agent started as PID 1");
     Ok(Booted { child, cgroup })
+}
+
+/// The spec's volumes as mounts inside the sandbox's mount namespace.
+fn volume_mounts(spec: &SandboxSpec) -> Vec<Mount> {
+    spec.volumes
+        .iter()
+        .map(|v| Mount {
+            target: v.guest.clone().into(),
+            source: match &v.source {
+                VolumeSource::Bind { path } | VolumeSource::Named { path, .. } => {
+                    MountSource::Bind(path.clone())
+                }
+                VolumeSource::Tmpfs { size_mib } => MountSource::Tmpfs {
+                    size_bytes: size_mib.map(|m| u64::from(m) * 1024 * 1024),
+                },
+            },
+            read_only: v.read_only,
+        })
+        .collect()
 }
 
 fn clone_fd(file: &File, path: &Path) -> Result<OwnedFd> {

@@ -184,6 +184,11 @@ pub(crate) fn spec(ours: &Ours, name: &SandboxName) -> SandboxSpec {
         stop_grace_ms: STOP_GRACE.as_millis() as u64,
         boot_timeout_ms: BOOT_TIMEOUT.as_millis() as u64,
         creator: None,
+        volumes: Vec::new(),
+        user: None,
+        rlimits: Vec::new(),
+        entrypoint: Vec::new(),
+        cmd: Vec::new(),
     }
 }
 
