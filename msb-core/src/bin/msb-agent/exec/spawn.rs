@@ -7,7 +7,10 @@
 //! - `user` is resolved against the sandbox's `/etc/passwd` and
 //!   `/etc/group` ([`super::users`]); unknown: `NoSuchUser`. The child calls
 //!   `setgroups`, `setgid`, `setuid` (in that order, last thing before
-//!   `exec`); `HOME` comes from the passwd entry unless the env has one.
+//!   `exec`, after the `chdir` into `cwd`, which is done as the agent);
+//!   `HOME` comes from the passwd entry unless the env has one. Where
+//!   `setgroups` is denied (an unprivileged user namespace) and there are
+//!   no supplementary groups to set, the groups are left as they are.
 //! - `tty`: the child gets the slave of a new pty as stdin, stdout and
 //!   stderr, `setsid`s and makes it its controlling terminal (so it leads
 //!   its own session and process group, as `process_group(0)` does without
@@ -163,7 +166,10 @@ fn switch_user(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_t]) -> io
     // SAFETY: setgroups(2) reads `groups.len()` gids from the slice's
     // pointer, which stays valid for the call (a null pointer is fine for 0).
     if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } < 0 {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        if !(groups.is_empty() && err.raw_os_error() == Some(libc::EPERM)) {
+            return Err(err);
+        }
     }
     // SAFETY: setgid(2) takes an id by value.
     if unsafe { libc::setgid(gid) } < 0 {
