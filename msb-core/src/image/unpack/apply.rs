@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,8 @@ use super::resolve::{
 use super::sys::{fsetxattr, lsetxattr_at, os};
 use super::whiteout::{Added, OPAQUE, PREFIX, clean_except_added, remove_all_at};
 use super::{
-    LayerFormatErrorKind, LayerStats, UnpackOptions, UnsafeEntryReason, format_error, read_error,
+    LayerFormatErrorKind, LayerStats, MAX_SPARSE_HOLES, UnpackOptions, UnsafeEntryReason,
+    format_error, read_error,
 };
 use crate::error::{Error, Result};
 
@@ -310,6 +311,22 @@ impl Applier<'_> {
         let Some((leaf, dirs)) = comps.split_last() else {
             return Err(unsafe_entry(name, UnsafeEntryReason::ReplacesRoot));
         };
+        let size = entry.size();
+        let sparse = entry.header().entry_type() == EntryType::GNUSparse;
+        if sparse {
+            // `size` is the logical size; the archive stores only the data.
+            let stored = entry
+                .header()
+                .entry_size()
+                .map_err(|e| read_error(Some(name.to_owned()), e))?;
+            if size.saturating_sub(stored) > MAX_SPARSE_HOLES {
+                return Err(format_error(
+                    Some(name.to_owned()),
+                    LayerFormatErrorKind::SparseTooLarge,
+                    None,
+                ));
+            }
+        }
         let parent = self.parent(dirs, name)?;
         self.clear(parent.as_fd(), leaf, false, name)?;
         let fd = openat(
@@ -320,7 +337,6 @@ impl Applier<'_> {
         )
         .map_err(|e| self.io(name, "create file", e))?;
         let mut file = File::from(fd);
-        let size = entry.size();
         let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buf) {
@@ -329,9 +345,21 @@ impl Applier<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(read_error(Some(name.to_owned()), e)),
             };
-            file.write_all(&self.buf[..n])
-                .map_err(|e| self.io(name, "write file", e))?;
+            let chunk = &self.buf[..n];
+            if sparse && chunk.iter().all(|&b| b == 0) {
+                // A hole stays a hole (the length is set below).
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(|e| self.io(name, "seek file", e))?;
+            } else {
+                file.write_all(chunk)
+                    .map_err(|e| self.io(name, "write file", e))?;
+            }
             written += n as u64;
+        }
+        if sparse {
+            // A trailing hole was seeked over, not written.
+            file.set_len(written)
+                .map_err(|e| self.io(name, "set file length", e))?;
         }
         if written != size {
             return Err(format_error(
