@@ -55,6 +55,10 @@ pub enum VolumeErrorKind {
     /// Two volumes have the same path inside.
     #[error("another volume is mounted at the same path")]
     Duplicate,
+    /// A host file (not a directory) bound into a microVM, which can only
+    /// share directories.
+    #[error("a microVM can only share host directories")]
+    NotADirectory,
 }
 
 /// What one volume of a sandbox is; made in the closure given to
@@ -200,15 +204,26 @@ fn normalize_guest(guest: &str) -> Result<String> {
 }
 
 /// Checks and orders a sandbox's volumes: parents before children, no two
-/// at the same path.
+/// at the same path; with `directories_only` (microVMs), no host files.
 pub(crate) fn resolve_all(
     home: &Path,
     volumes: &[(String, VolumeMount)],
+    directories_only: bool,
 ) -> Result<Vec<VolumeSpec>> {
     let mut specs = volumes
         .iter()
         .map(|(guest, m)| m.resolve(home, guest))
         .collect::<Result<Vec<_>>>()?;
+    if directories_only
+        && let Some(v) = specs
+            .iter()
+            .find(|v| v.source.host_path().is_some_and(|p| !p.is_dir()))
+    {
+        return Err(MicrosandboxError::InvalidVolume {
+            guest: v.guest.clone(),
+            reason: VolumeErrorKind::NotADirectory,
+        });
+    }
     specs.sort_by_key(|v| v.guest.matches('/').count());
     for (i, v) in specs.iter().enumerate() {
         if specs[..i].iter().any(|o| o.guest == v.guest) {
@@ -398,6 +413,32 @@ mod tests {
         assert_eq!(kind("/a/../b"), VolumeErrorKind::ParentComponent);
         assert_eq!(kind("/"), VolumeErrorKind::Root);
         assert_eq!(kind("/a:b"), VolumeErrorKind::InvalidCharacter);
+    }
+
+    #[test]
+    fn microvms_share_directories_only() {
+        let home = tempfile::tempdir().unwrap();
+        let file = home.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let volumes = [("/f".to_owned(), VolumeMount::default().bind(&file))];
+        assert!(resolve_all(home.path(), &volumes, false).is_ok());
+        match resolve_all(home.path(), &volumes, true) {
+            Err(MicrosandboxError::InvalidVolume { reason, .. }) => {
+                assert_eq!(reason, VolumeErrorKind::NotADirectory)
+            }
+            other => panic!("{other:?}"),
+        }
+        let twice = [
+            ("/a".to_owned(), VolumeMount::default().tmpfs()),
+            ("/a/".to_owned(), VolumeMount::default().tmpfs()),
+        ];
+        assert!(matches!(
+            resolve_all(home.path(), &twice, false),
+            Err(MicrosandboxError::InvalidVolume {
+                reason: VolumeErrorKind::Duplicate,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -167,7 +167,14 @@ fn logs_start_and_stop_with_a_timeout() {
     // A command ignoring SIGTERM is killed after the timeout.
     let out = msb(
         home,
-        &["exec", "lg", "--", "sh", "-c", "busybox setsid sh -c \"trap '' TERM; sleep 60\" >/dev/null 2>&1 &"],
+        &[
+            "exec",
+            "lg",
+            "--",
+            "sh",
+            "-c",
+            "busybox setsid sh -c \"trap '' TERM; sleep 60\" >/dev/null 2>&1 &",
+        ],
     );
     assert!(out.status.success());
     let started = std::time::Instant::now();
@@ -220,4 +227,18 @@ fn exec_streams_stdin_with_dash_i_and_completions_exist() {
         text(&out.stdout).contains("_msb"),
         "a bash completion function"
     );
+}
+
+#[test]
+fn run_without_a_command_runs_the_image_command() {
+    let env = env();
+    test_utils::images::busybox_image()
+        .entrypoint(["/bin/echo", "from"])
+        .cmd(["the", "image"])
+        .push_blocking(env.registry(), "test/cmd", "v1")
+        .expect("push the image");
+    let image = env.registry().reference("test/cmd", "v1");
+    let out = msb(env.home(), &["run", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from the image\n");
 }

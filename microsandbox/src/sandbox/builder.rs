@@ -291,7 +291,8 @@ impl SandboxBuilder {
             .unwrap_or_else(|| name.as_str().to_owned());
         check_hostname(&hostname)?;
         check_rlimits(&self.rlimits)?;
-        let volumes = crate::volume::resolve_all(&self.home, &self.volumes)?;
+        let volumes =
+            crate::volume::resolve_all(&self.home, &self.volumes, isolation == Isolation::Microvm)?;
         let program = programs::sandbox_program(&self.home).map_err(fail)?;
         let agent = programs::agent_program(&self.home).map_err(fail)?;
         let (rootfs, image) = self.resolve_rootfs().await?;
