@@ -41,6 +41,9 @@ use crate::error::{Error, Result};
 use crate::image::Reference;
 use auth::{AuthCache, AuthTarget};
 
+/// How long a response may send nothing before it counts as dropped.
+const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The user agent sent with every request.
 const USER_AGENT: &str = concat!("microsandbox/", env!("CARGO_PKG_VERSION"));
 
@@ -63,18 +66,7 @@ impl RegistryClient {
     /// A client with `config` (its CA certificates are read now) and
     /// `credentials`.
     pub fn new(config: RegistryConfig, credentials: Credentials) -> Result<Self> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(std::time::Duration::from_secs(30))
-            // A stalled body counts as a dropped connection (and is resumed).
-            .read_timeout(std::time::Duration::from_secs(60));
-        for cert in config.load_certificates()? {
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder.build().map_err(|source| Error::Http {
-            url: String::new(),
-            source,
-        })?;
+        let http = Self::http(&config, DEFAULT_READ_TIMEOUT)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -83,6 +75,38 @@ impl RegistryClient {
                 auth: AuthCache::default(),
             }),
             retry: RetryPolicy::default(),
+        })
+    }
+
+    /// The same client, but a response that sends nothing for `timeout`
+    /// counts as a dropped connection (a stalled blob download is then
+    /// resumed, within the retry policy). Default: 60 s.
+    pub fn with_read_timeout(self, timeout: std::time::Duration) -> Result<Self> {
+        let http = Self::http(&self.inner.config, timeout)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                config: self.inner.config.clone(),
+                credentials: self.inner.credentials.clone(),
+                auth: AuthCache::default(),
+            }),
+            retry: self.retry,
+        })
+    }
+
+    /// The HTTP client for `config`, its CA certificates read now.
+    fn http(config: &RegistryConfig, read_timeout: std::time::Duration) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(std::time::Duration::from_secs(30))
+            // A stalled body counts as a dropped connection (and is resumed).
+            .read_timeout(read_timeout);
+        for cert in config.load_certificates()? {
+            builder = builder.add_root_certificate(cert);
+        }
+        builder.build().map_err(|source| Error::Http {
+            url: String::new(),
+            source,
         })
     }
 
