@@ -117,7 +117,7 @@ async fn a_timeout_kills_the_command(env: TestEnv) {
 #[msb_test]
 async fn commands_that_cannot_start_say_why(env: TestEnv) {
     let sb = sandbox(&env, "failing").await;
-    sb.shell("printf 'garbage' > /tmp/notexec; chmod 755 /tmp/notexec; echo x > /tmp/noperm; chmod 644 /tmp/noperm; mkdir -p /tmp/dir")
+    sb.shell("printf '#!/no/such/interpreter\\n' > /tmp/notexec; chmod 755 /tmp/notexec; echo x > /tmp/plain; chmod 644 /tmp/plain; cp /bin/busybox /root/private; chmod 700 /root/private; chmod 755 /root")
         .await
         .unwrap();
     let kind = |r: Result<_, MicrosandboxError>| match r {
@@ -132,9 +132,22 @@ async fn commands_that_cannot_start_say_why(env: TestEnv) {
         kind(sb.exec("/bin/nope", [] as [&str; 0]).await),
         ExecErrorKind::NotFound
     );
+    // No execute bit at all: not executable; executable, but not by this
+    // user: permission denied.
     assert_eq!(
-        kind(sb.exec("/tmp/noperm", [] as [&str; 0]).await),
+        kind(sb.exec("/tmp/plain", [] as [&str; 0]).await),
+        ExecErrorKind::NotExecutable
+    );
+    assert_eq!(
+        kind(
+            sb.exec_with("/root/private", |o| o.arg("true").user("nobody"))
+                .await
+        ),
         ExecErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(sb.exec("/tmp", [] as [&str; 0]).await),
+        ExecErrorKind::NotExecutable
     );
     assert_eq!(
         kind(sb.exec("/tmp/notexec", [] as [&str; 0]).await),
