@@ -32,6 +32,9 @@ use crate::error::{MicrosandboxError, Result};
 /// The directory of the state home holding named volumes.
 pub const VOLUMES_DIR: &str = "volumes";
 
+/// Paths inside no volume may be mounted at or below.
+const RESERVED: &[&str] = &["/proc", "/.msb"];
+
 /// Why a volume's mount point (or its definition) is unusable; see
 /// [`MicrosandboxError::InvalidVolume`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +58,10 @@ pub enum VolumeErrorKind {
     /// Two volumes have the same path inside.
     #[error("another volume is mounted at the same path")]
     Duplicate,
+    /// The path inside is reserved (`/proc` and the agent's `/.msb`, and
+    /// what is below them).
+    #[error("the path inside is reserved for the sandbox itself")]
+    Reserved,
     /// A host file (not a directory) bound into a microVM, which can only
     /// share directories.
     #[error("a microVM can only share host directories")]
@@ -199,6 +206,12 @@ fn normalize_guest(guest: &str) -> Result<String> {
     }
     if out.is_empty() {
         return Err(invalid(VolumeErrorKind::Root));
+    }
+    if RESERVED
+        .iter()
+        .any(|r| out == *r || out.starts_with(&format!("{r}/")))
+    {
+        return Err(invalid(VolumeErrorKind::Reserved));
     }
     Ok(out)
 }
@@ -413,6 +426,9 @@ mod tests {
         assert_eq!(kind("/a/../b"), VolumeErrorKind::ParentComponent);
         assert_eq!(kind("/"), VolumeErrorKind::Root);
         assert_eq!(kind("/a:b"), VolumeErrorKind::InvalidCharacter);
+        assert_eq!(kind("/proc/sys"), VolumeErrorKind::Reserved);
+        assert_eq!(kind("/.msb"), VolumeErrorKind::Reserved);
+        assert_eq!(normalize_guest("/processes").unwrap(), "/processes");
     }
 
     #[test]

@@ -37,11 +37,17 @@
 //!    cannot undo them; `/dev` as a tmpfs with `null zero full random urandom tty`
 //!    bind-mounted from the host, `/dev/pts` (devpts `newinstance`),
 //!    `/dev/shm` (tmpfs), and the symlinks `fd stdin stdout stderr ptmx`;
-//!    `/tmp` as a tmpfs; `pivot_root(".", ".")` inside `merged` followed by
+//!    `/tmp` as a tmpfs; the spec's [`Mount`]s (bind mounts, remounted
+//!    read-only when asked, and tmpfs), each target resolved beneath
+//!    `merged` without following symlinks and mounted through
+//!    `/proc/self/fd/N`; `pivot_root(".", ".")` inside `merged` followed by
 //!    `umount2(".", MNT_DETACH)` — runc's form, which needs no `.oldroot`
 //!    directory in the rootfs and leaves no host path reachable;
 //!    `sethostname`; `lo` brought up (`SIOCSIFFLAGS`; the network namespace
-//!    has nothing else); `chdir(cwd)`; `setgroups`, `setresgid`, `setresuid`;
+//!    has nothing else); `chdir(cwd)`; `setrlimit` for the spec's
+//!    [`Rlimit`]s (with a user namespace the parent has already set them
+//!    with `prlimit`, as only it may raise a hard limit); `setgroups`,
+//!    `setresgid`, `setresuid`;
 //!    stdio `dup2`ed onto 0–2 and every other descriptor marked CLOEXEC
 //!    (`close_range`); default signal dispositions and an empty mask;
 //!    `execve`.
