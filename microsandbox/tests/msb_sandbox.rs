@@ -242,3 +242,35 @@ fn run_without_a_command_runs_the_image_command() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "from the image\n");
 }
+
+#[test]
+fn exec_dash_t_runs_on_a_pseudo_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: util-linux `script` (to give msb a terminal) is not installed");
+        return;
+    }
+    let env = env();
+    let image = env.busybox();
+    let home = env.home();
+    assert!(
+        msb(home, &["create", "--name", "tty", &image])
+            .status
+            .success()
+    );
+    // `script` gives msb a terminal of its own, as a user's shell would.
+    let inner = format!(
+        "{} exec -t tty -- sh -c 'tty -s && echo on-a-tty; echo $TERM'",
+        env!("CARGO_BIN_EXE_msb")
+    );
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env("MSB_HOME", home)
+        .env("MSB_ISOLATION", "namespace")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("on-a-tty"), "{stdout}");
+    assert!(stdout.contains("xterm"), "{stdout}");
+    assert!(msb(home, &["rm", "-f", "tty"]).status.success());
+}
