@@ -291,6 +291,8 @@ async fn rlimits_and_hostname_apply(env: TestEnv) {
     let image = env.busybox();
     let sb = builder(&env, "ident-1", &image)
         .hostname("custom-host")
+        // (Raising a hard limit needs CAP_SYS_RESOURCE, which our hosts'
+        // root lacks.)
         .rlimit(RlimitResource::Nofile, 256, 512)
         .rlimit(RlimitResource::Core, 0, 0)
         .create()

@@ -167,7 +167,11 @@ impl SandboxBuilder {
     }
 
     /// Sets a resource limit (`setrlimit(2)`) of every process inside;
-    /// `u64::MAX` is unlimited.
+    /// `u64::MAX` is unlimited. Limits start from the creating process's
+    /// (namespace isolation) or the guest kernel's defaults (microVM);
+    /// raising a hard limit above the creating process's needs
+    /// `CAP_SYS_RESOURCE` under namespace isolation, else the sandbox fails
+    /// to boot ([`MicrosandboxError::BootFailed`], `EPERM`).
     ///
     /// ```no_run
     /// # async fn run() -> microsandbox::Result<()> {

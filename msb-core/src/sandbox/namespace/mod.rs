@@ -1097,7 +1097,7 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
                 )
             };
             if ret < 0 {
-                return Err(setup_error("set rlimit", Errno::last()));
+                return Err(setup_error("set rlimit from the host", Errno::last()));
             }
         }
         let mut w = std::fs::File::from(sync_w);
