@@ -188,9 +188,12 @@ pub fn enabled() -> bool {
     std::env::var(INIT_ENV).is_ok_and(|v| v.trim() == "1")
 }
 
-/// Mounts the pseudo filesystems (one already mounted is fine) and sets the
-/// hostname from `MSB_HOSTNAME`. Failures are reported and skipped: a guest
-/// without `/sys` can still run commands.
+/// Mounts the pseudo filesystems (one already mounted is fine), then the
+/// volumes of `MSB_MOUNTS`, and sets the hostname from `MSB_HOSTNAME`.
+/// Failures of the pseudo filesystems are reported and skipped (a guest
+/// without `/sys` can still run commands); a volume that cannot be mounted
+/// powers the VM off, so the sandbox fails to boot with that reason on its
+/// console.
 pub fn setup() {
     for m in mounts() {
         if let Err(e) = mount_one(&m) {
@@ -204,10 +207,15 @@ pub fn setup() {
         }
         for v in &volumes {
             if let Err(e) = mount_volume(v) {
+                // A sandbox without a volume it was given must not come up:
+                // the host sees the guest end before it is ready and
+                // reports this line from the console.
                 eprintln!(
                     "msb-agent: mounting volume {:?} on {}: {e}",
                     v.source, v.target
                 );
+                power_off();
+                std::process::exit(1);
             }
         }
     }
