@@ -324,3 +324,60 @@ async fn rlimits_and_hostname_apply(env: TestEnv) {
     }
     assert!(Sandbox::list_in(env.home()).unwrap().is_empty());
 }
+
+#[msb_test]
+async fn microvm_volumes_are_configured(env: TestEnv) {
+    let image = env.busybox();
+    let host = env.home().join("vm-shared");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("f"), "shared\n").unwrap();
+    let probe = microsandbox::host::probe_with(&test_utils::probe_options_for(env.home()));
+    let result = Sandbox::builder("vm-vol")
+        .home(env.home())
+        .image(&image)
+        .isolation(microsandbox::Isolation::Microvm)
+        .memory(256)
+        .volume("/shared", |m| m.bind(&host).read_only())
+        .volume("/scratch", |m| m.tmpfs().size_mib(1))
+        .rlimit(RlimitResource::Nofile, 256, 512)
+        .create()
+        .await;
+    if probe.verdict.can_run_microvm() {
+        let sb = result.unwrap();
+        let out = sb
+            .shell("cat /shared/f; ulimit -n; touch /shared/x 2>&1; grep -c ' /scratch tmpfs' /proc/mounts")
+            .await
+            .unwrap();
+        assert!(out.stdout_str().starts_with("shared\n256\n"), "{out:?}");
+        assert!(
+            out.stdout_str().contains("Read-only file system"),
+            "{out:?}"
+        );
+        sb.stop_and_wait().await.unwrap();
+        return;
+    }
+    // The VM cannot run here, but its configuration (virtio-fs shares,
+    // rlimits, the agent's environment) must have been accepted.
+    match result {
+        Err(MicrosandboxError::BootFailed { stage, reason, .. }) => {
+            println!("microVM with volumes: {stage}: {reason}");
+            assert_ne!(stage, "vm configuration", "{reason}");
+        }
+        other => panic!("expected BootFailed, got {other:?}"),
+    }
+    // A host file cannot be shared with a microVM: refused up front.
+    let file = host.join("f");
+    match Sandbox::builder("vm-vol-2")
+        .home(env.home())
+        .image(&image)
+        .isolation(microsandbox::Isolation::Microvm)
+        .volume("/f", |m| m.bind(&file))
+        .create()
+        .await
+    {
+        Err(MicrosandboxError::InvalidVolume { reason, .. }) => {
+            assert_eq!(reason, VolumeErrorKind::NotADirectory)
+        }
+        other => panic!("expected InvalidVolume(NotADirectory), got {other:?}"),
+    }
+}
