@@ -163,9 +163,17 @@ impl VolumeMount {
             }
             MountSource::Named(name) => {
                 let volume = Volume::get_in(home, name)?;
+                // Absolute, whatever the sandbox process's directory.
+                let path = std::fs::canonicalize(&volume.path).map_err(|source| {
+                    MicrosandboxError::Io {
+                        op: "resolve",
+                        path: volume.path.clone(),
+                        source,
+                    }
+                })?;
                 VolumeSource::Named {
                     name: volume.name,
-                    path: volume.path,
+                    path,
                 }
             }
             MountSource::Tmpfs => VolumeSource::Tmpfs {
