@@ -115,7 +115,13 @@ impl ImageStore {
             let modified = fs::symlink_metadata(&path)
                 .and_then(|m| m.modified())
                 .map_err(io_err("stat temporary entry", &path))?;
-            if now.duration_since(modified).unwrap_or_default() >= options.tmp_grace {
+            // A leftover of a process that is gone (killed mid-pull) goes at
+            // once: before, `msb image gc` right after a `kill -9` of `msb
+            // pull` kept every partial blob for the grace period (found by
+            // `microsandbox/tests/faults.rs`).
+            if now.duration_since(modified).unwrap_or_default() >= options.tmp_grace
+                || owner_is_gone(&name)
+            {
                 stats.bytes_freed +=
                     remove_tree_all(&path).map_err(io_err("remove temporary entry", &path))?;
                 stats.tmp_removed += 1;
@@ -204,6 +210,23 @@ fn descriptors(json: &Value) -> Option<Vec<(Digest, bool)>> {
 }
 
 /// The names in `dir` (empty if it does not exist).
+/// Whether the process whose id a temporary entry's name records
+/// (`<prefix>.<pid>.<counter>.<nanos>`, see `unique_name`) has exited.
+/// False when unsure: no such name, our own process, or no `/proc`.
+fn owner_is_gone(name: &str) -> bool {
+    let mut parts = name.rsplitn(4, '.');
+    let (Some(_nanos), Some(_counter), Some(pid)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    pid != std::process::id()
+        && Path::new("/proc/self").exists()
+        && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
 fn dir_names(dir: &Path) -> Result<Vec<String>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -280,6 +303,29 @@ mod tests {
         let build = store.begin_tree(digest).unwrap();
         fs::write(build.path().join("f"), b"x").unwrap();
         build.commit().unwrap();
+    }
+
+    #[test]
+    fn gc_removes_fresh_leftovers_of_exited_processes_only() {
+        let (_home, store) = store();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let leftover = store
+            .tmp_dir()
+            .join(format!("blob-sha256-ab.{dead}.3.0badf00d"));
+        fs::write(&leftover, b"partial").unwrap();
+        let ours = store
+            .tmp_dir()
+            .join(format!("blob-sha256-cd.{}.1.0badf00d", std::process::id()));
+        fs::write(&ours, b"partial").unwrap();
+        let init = store.tmp_dir().join("tree-ef.1.2.0badf00d");
+        fs::create_dir(&init).unwrap();
+        let stats = store.gc().unwrap();
+        assert_eq!(stats.tmp_removed, 1, "{stats:?}");
+        assert!(!leftover.exists());
+        assert!(ours.exists() && init.exists());
+        assert!(!owner_is_gone("blob-fresh.part") && !owner_is_gone("a.b.c.d"));
     }
 
     #[test]
