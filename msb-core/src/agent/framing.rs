@@ -108,6 +108,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Queued frame bytes beyond which [`FrameWriter::feed`] writes without
+/// waiting for a flush.
+pub const WRITE_BATCH: usize = 256 * 1024;
+
 /// Writes frames to any [`AsyncWrite`].
 ///
 /// Not cancel-safe: dropping a write future midway leaves a partial frame on
@@ -134,11 +138,52 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await
     }
 
-    /// Writes `frame` without flushing; call [`flush`](Self::flush) after a
-    /// batch.
+    /// Queues `frame` without writing it; [`flush`](Self::flush) writes the
+    /// batch in one go (queued bytes beyond [`WRITE_BATCH`] are written
+    /// early, so memory stays bounded).
     pub async fn feed(&mut self, frame: &Frame) -> Result<()> {
-        self.buf.clear();
         encode_frame(frame, &mut self.buf)?;
+        self.write_if_full().await
+    }
+
+    /// Queues a data frame (`Stdin`, `Stdout`, `Stderr`, `FileChunk`) straight
+    /// from `data`, without building a [`Message`](super::Message). `data`
+    /// must be at most [`MAX_PAYLOAD_LEN`](super::MAX_PAYLOAD_LEN) bytes.
+    pub async fn feed_data(&mut self, kind: MessageKind, stream: u32, data: &[u8]) -> Result<()> {
+        let header = data_header(kind, stream, data.len())?;
+        self.buf.extend_from_slice(&header);
+        self.buf.extend_from_slice(data);
+        self.write_if_full().await
+    }
+
+    /// [`feed_data`](Self::feed_data), then [`flush`](Self::flush).
+    pub async fn write_data(&mut self, kind: MessageKind, stream: u32, data: &[u8]) -> Result<()> {
+        self.feed_data(kind, stream, data).await?;
+        self.flush().await
+    }
+
+    /// Writes everything queued (one write for the whole batch: header and
+    /// payload of a frame never go out as separate system calls) and
+    /// flushes the underlying stream.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.write_queued().await?;
+        self.inner.flush().await.map_err(|source| Error::AgentIo {
+            op: "flush",
+            source,
+        })
+    }
+
+    async fn write_if_full(&mut self) -> Result<()> {
+        if self.buf.len() >= WRITE_BATCH {
+            self.write_queued().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_queued(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         self.inner
             .write_all(&self.buf)
             .await
@@ -146,34 +191,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 op: "write frame",
                 source,
             })?;
-        // Don't keep a 1 MiB buffer around after one large frame.
-        if self.buf.capacity() > 64 * 1024 {
+        self.buf.clear();
+        // Don't keep a large buffer around after one large frame.
+        if self.buf.capacity() > 2 * WRITE_BATCH {
             self.buf = Vec::new();
         }
         Ok(())
-    }
-
-    /// Writes a data frame (`Stdin`, `Stdout`, `Stderr`, `FileChunk`) straight
-    /// from `data`, without copying it into a [`Message`](super::Message), and
-    /// flushes. `data` must be at most [`MAX_PAYLOAD_LEN`](super::MAX_PAYLOAD_LEN)
-    /// bytes.
-    pub async fn write_data(&mut self, kind: MessageKind, stream: u32, data: &[u8]) -> Result<()> {
-        let header = data_header(kind, stream, data.len())?;
-        let io = |source| Error::AgentIo {
-            op: "write frame",
-            source,
-        };
-        self.inner.write_all(&header).await.map_err(io)?;
-        self.inner.write_all(data).await.map_err(io)?;
-        self.flush().await
-    }
-
-    /// Flushes the underlying stream.
-    pub async fn flush(&mut self) -> Result<()> {
-        self.inner.flush().await.map_err(|source| Error::AgentIo {
-            op: "flush",
-            source,
-        })
     }
 
     /// Shuts down the write side (the peer reads a clean end of stream).

@@ -170,8 +170,9 @@ pub const FRAME_HEADER_LEN: usize = 9;
 pub const MAX_PAYLOAD_LEN: u32 = 1 << 20;
 /// The largest value of a frame's length field: kind, stream id and payload.
 pub const MAX_BODY_LEN: u32 = 5 + MAX_PAYLOAD_LEN;
-/// The credit each stream starts with, in each direction (1 MiB).
-pub const INITIAL_WINDOW: u32 = 1 << 20;
+/// The credit each stream starts with, in each direction (4 MiB: several
+/// maximum-size frames in flight).
+pub const INITIAL_WINDOW: u32 = 4 << 20;
 /// The largest credit a stream may hold (2³¹ − 1 bytes).
 pub const MAX_WINDOW: u32 = i32::MAX as u32;
 

@@ -51,7 +51,7 @@ struct Io {
 }
 
 /// The most output bytes read (and sent) at once.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// What the dispatcher forwards to an exec stream.
 #[derive(Debug)]
@@ -302,11 +302,15 @@ fn wire(started: spawn::Started, stdin: StdinMode) -> io::Result<Io> {
             tty: Some(resize),
         });
     }
-    let o = pipe::Receiver::from_owned_fd(child.stdout.take().expect("piped").into())?;
+    let stdout: OwnedFd = child.stdout.take().expect("piped").into();
+    grow_pipe(&stdout);
+    let o = pipe::Receiver::from_owned_fd(stdout)?;
     let e = pipe::Receiver::from_owned_fd(child.stderr.take().expect("piped").into())?;
     let (stdin, stdin_events) = match child.stdin.take() {
         Some(i) => {
-            let (p, rx) = StdinPipe::start(pipe::Sender::from_owned_fd(i.into())?, b"");
+            let i: OwnedFd = i.into();
+            grow_pipe(&i);
+            let (p, rx) = StdinPipe::start(pipe::Sender::from_owned_fd(i)?, b"");
             (Some(p), Some(rx))
         }
         None => (None, None),
@@ -319,6 +323,16 @@ fn wire(started: spawn::Started, stdin: StdinMode) -> io::Result<Io> {
         stdin_events,
         tty: None,
     })
+}
+
+/// Bytes a bulk pipe (stdout, stdin) is grown to: fewer, larger reads and
+/// writes per MiB than the kernel's default 64 KiB. Best effort: the
+/// unprivileged limit (`/proc/sys/fs/pipe-max-size`) may refuse it.
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+fn grow_pipe(fd: &OwnedFd) {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
 }
 
 /// The next writer event; `None` once the writer is gone.

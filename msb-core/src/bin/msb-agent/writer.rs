@@ -18,6 +18,19 @@ pub enum Out {
     Flush(oneshot::Sender<()>),
 }
 
+/// Queues one item in `writer` (a flush request flushes and answers).
+async fn queue(writer: &mut FrameWriter<ChannelWriter>, item: Out) -> msb_core::Result<()> {
+    match item {
+        Out::Frame(stream, message) => writer.feed(&Frame::new(stream, message)).await,
+        Out::Data(kind, stream, data) => writer.feed_data(kind, stream, &data).await,
+        Out::Flush(done) => {
+            let result = writer.flush().await;
+            let _ = done.send(());
+            result
+        }
+    }
+}
+
 /// Queue depth; data is bounded per stream by its window on top of this.
 pub const QUEUE: usize = 64;
 
@@ -25,17 +38,17 @@ pub const QUEUE: usize = 64;
 pub fn start(mut writer: FrameWriter<ChannelWriter>) -> mpsc::Sender<Out> {
     let (tx, mut rx) = mpsc::channel::<Out>(QUEUE);
     tokio::task::spawn_local(async move {
-        while let Some(item) = rx.recv().await {
-            let result = match item {
-                Out::Frame(stream, message) => {
-                    writer.write_frame(&Frame::new(stream, message)).await
-                }
-                Out::Data(kind, stream, data) => writer.write_data(kind, stream, &data).await,
-                Out::Flush(done) => {
-                    let _ = done.send(());
-                    Ok(())
-                }
-            };
+        while let Some(first) = rx.recv().await {
+            // Queue what is already waiting behind the first item, then
+            // write the batch with one flush.
+            let mut result = queue(&mut writer, first).await;
+            while result.is_ok() {
+                let Ok(item) = rx.try_recv() else { break };
+                result = queue(&mut writer, item).await;
+            }
+            if result.is_ok() {
+                result = writer.flush().await;
+            }
             if let Err(e) = result {
                 eprintln!("msb-agent: writing to the channel failed: {e}");
                 // Drain so that senders never block on a dead channel.
