@@ -492,10 +492,12 @@ async fn agent_pipes_stdin_under_flow_control() {
         .await
         .unwrap();
     let over = pattern(INITIAL_WINDOW as usize);
-    writer
-        .write_data(MessageKind::Stdin, 7, &over)
-        .await
-        .unwrap();
+    for chunk in over.chunks(msb_core::agent::MAX_PAYLOAD_LEN as usize) {
+        writer
+            .write_data(MessageKind::Stdin, 7, chunk)
+            .await
+            .unwrap();
+    }
     writer
         .write_data(MessageKind::Stdin, 7, b"x")
         .await
