@@ -388,3 +388,62 @@ fn stale_state_lock_of_a_dead_process_blocks_nothing() {
         let _ = Command::new("kill").args(["-9", &child]).status();
     }
 }
+
+// ---------------------------------------------------------------------------
+// A hostile, deeply nested image in the store.
+
+/// A tar whose one file is `depth` directories down (a GNU long name), then
+/// optionally an entry that is refused.
+fn deep_layer(depth: usize, then_refused: bool) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(4);
+    tar.append_data(&mut h, format!("{}f", "d/".repeat(depth)), &b"deep"[..])
+        .unwrap();
+    if then_refused {
+        // A hard link to a missing target: refused after the deep tree.
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        tar.append_link(&mut h, "l", "missing").unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+/// Trees nested deeper than PATH_MAX are removed from the store: by the
+/// failed pull that staged one, and by gc once untagged. (Path-based
+/// removal failed with ENAMETOOLONG, leaving the tree in `tmp/` and making
+/// every later gc fail.)
+#[test]
+fn trees_deeper_than_path_max_are_removed() {
+    let registry = TestRegistry::start();
+    let depth = 3000; // 6 000 bytes of path, under the descriptor limit
+    for (name, refused) in [("test/deep-bad", true), ("test/deep", false)] {
+        ImageBuilder::new()
+            .layer_tar(deep_layer(depth, refused), Compression::Gzip)
+            .push_blocking(&registry, name, "v1")
+            .unwrap();
+    }
+    let home = tempfile::tempdir().unwrap();
+    let puller = puller(home.path(), Duration::from_secs(30), 2);
+
+    let err = within(&puller, &registry.reference("test/deep-bad", "v1")).unwrap_err();
+    assert!(matches!(err, Error::UnsafeLayerEntry { .. }), "{err:?}");
+    assert_store_consistent(home.path());
+
+    let reference = registry.reference("test/deep", "v1");
+    within(&puller, &reference).unwrap();
+    let store = ImageStore::open(home.path()).unwrap();
+    store.remove(&reference.parse().unwrap()).unwrap();
+    let stats = store.gc().unwrap();
+    assert_eq!(stats.trees_removed, 1, "{stats:?}");
+    assert!(
+        std::fs::read_dir(home.path().join("images/trees"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert_store_consistent(home.path());
+}

@@ -1,9 +1,11 @@
 //! Small filesystem helpers: unique temp names, directory fsync, and removal
 //! of trees that may contain read-only directories.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -79,37 +81,23 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// permission (as unpacked images have) are made writable first. A missing
 /// `path` is not an error.
 pub(crate) fn remove_tree_all(path: &Path) -> io::Result<u64> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
+    // Descriptor-based and iterative: an unpacked hostile image can nest
+    // directories far deeper than PATH_MAX, where path-based removal failed
+    // with ENAMETOOLONG and left the tree (and every later gc failing on it).
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = match File::open(parent) {
+        Ok(dir) => dir,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
-    if !meta.is_dir() {
-        fs::remove_file(path)?;
-        return Ok(meta.len());
-    }
-    // Iterative, so that a hostile, deeply nested tree cannot exhaust the stack.
-    let mut bytes = 0;
-    let mut stack = vec![(path.to_path_buf(), meta)];
-    while let Some((dir, meta)) = stack.pop() {
-        let mode = meta.permissions().mode();
-        if mode & 0o700 != 0o700 {
-            fs::set_permissions(&dir, Permissions::from_mode(mode | 0o700))?;
-        }
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                stack.push((entry.path(), meta));
-            } else {
-                bytes += meta.len();
-            }
-        }
-    }
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(bytes),
-    }
+    crate::image::unpack::remove_all_counting(dir.as_fd(), name.as_bytes())
 }
 
 /// Seconds since the Unix epoch (0 for a clock before it).
@@ -123,6 +111,8 @@ pub(crate) fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn removes_read_only_trees() {

@@ -59,6 +59,8 @@ mod sys;
 mod tests;
 mod whiteout;
 
+pub(crate) use whiteout::remove_all_counting;
+
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
