@@ -257,6 +257,8 @@ fn kill_9_of_the_creator_during_boot_stops_the_sandbox() {
         kill9(&mut child);
         // A non-detached sandbox stops when its creator dies.
         assert_nothing_leaked(home, &what);
+        let out = msb(home, &["ls"]);
+        eprintln!("{what}: msb ls:\n{}", text(&out.stdout));
         rm_all(home, &what);
     }
 }
