@@ -26,6 +26,7 @@ use msb_core::image::store::ImageStore;
 use msb_core::image::{Puller, Reference};
 
 pub use msb_core::image::registry::{Platform, Progress, ProgressSink};
+use msb_core::image::store::GcOptions;
 pub use msb_core::image::store::{GcStats, ImageRecord, PullPolicy};
 pub use msb_core::image::{PullOptions, PullTimings, PulledImage};
 
@@ -116,9 +117,18 @@ impl Images {
         })
     }
 
-    /// Deletes blobs and trees no tagged image references.
+    /// Deletes blobs and trees no tagged image references, keeping the
+    /// trees that sandboxes in this state home are built on (their image may
+    /// have been untagged or re-pulled since).
     pub fn gc(&self) -> Result<GcStats> {
-        self.store().gc().map_err(|source| self.store_error(source))
+        let keep_trees = sandbox_trees(&self.home);
+        let options = GcOptions {
+            keep_trees,
+            ..GcOptions::default()
+        };
+        self.store()
+            .gc_with(&options)
+            .map_err(|source| self.store_error(source))
     }
 
     fn store(&self) -> &ImageStore {
@@ -131,6 +141,26 @@ impl Images {
             source: Box::new(source),
         }
     }
+}
+
+/// The image trees the sandboxes of state home `home` use as their lower
+/// layer. A sandbox whose record cannot be read keeps nothing.
+fn sandbox_trees(home: &Path) -> Vec<PathBuf> {
+    let Ok(store) = msb_core::sandbox::state::StateStore::open(home) else {
+        return Vec::new();
+    };
+    store
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|record| {
+            serde_json::from_value::<msb_core::sandbox::spec::SandboxSpec>(record.config).ok()
+        })
+        .filter_map(|spec| match spec.rootfs {
+            msb_core::sandbox::spec::RootfsSpec::Image { tree, .. } => Some(tree),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Parses a pull policy: `always`, `if-missing` or `never`.

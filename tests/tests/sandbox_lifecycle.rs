@@ -451,3 +451,23 @@ async fn limits_put_the_sandbox_in_its_cgroup_and_stop_removes_it(env: TestEnv) 
         assert!(!dir.exists(), "{} is removed on stop", dir.display());
     }
 }
+
+#[msb_test]
+async fn image_gc_keeps_the_trees_sandboxes_use(env: TestEnv) {
+    let image = env.busybox();
+    let sb = builder(&env, "gc-user", &image).create().await.unwrap();
+    let images = microsandbox::image::Images::open(env.home()).unwrap();
+    images.remove(&image).unwrap();
+    let stats = images.gc().unwrap();
+    assert_eq!(stats.trees_removed, 0, "{stats:?}");
+    // The sandbox's lower layer is intact: it still runs and restarts.
+    assert!(sb.exec("ls", ["/bin/busybox"]).await.unwrap().success());
+    sb.stop_and_wait().await.unwrap();
+    let sb = Sandbox::start_in(env.home(), "gc-user").await.unwrap();
+    assert!(sb.exec("true", [] as [&str; 0]).await.unwrap().success());
+    sb.stop_and_wait().await.unwrap();
+    sb.remove_self().unwrap();
+    // No sandbox uses it any more: now it goes.
+    let stats = images.gc().unwrap();
+    assert_eq!(stats.trees_removed, 1, "{stats:?}");
+}

@@ -26,12 +26,18 @@ pub struct GcOptions {
     /// of a crashed process; the grace period guards against writers that do
     /// not follow the protocol.
     pub tmp_grace: Duration,
+    /// Trees to keep (a tree directory, or a path inside one) whether or not
+    /// a tagged image reaches them:
+    /// the lower layers of existing sandboxes, whose image may have been
+    /// untagged (or replaced by a newer pull) since they were created.
+    pub keep_trees: Vec<std::path::PathBuf>,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
         Self {
             tmp_grace: Duration::from_secs(10 * 60),
+            keep_trees: Vec::new(),
         }
     }
 }
@@ -100,7 +106,8 @@ impl ImageStore {
             let path = trees.join(&name);
             let complete =
                 fs::symlink_metadata(path.join(COMPLETE_MARKER)).is_ok_and(|m| m.is_file());
-            if !complete || !live_trees.contains(&name) {
+            let in_use = options.keep_trees.iter().any(|t| t.starts_with(&path));
+            if !complete || !(live_trees.contains(&name) || in_use) {
                 stats.bytes_freed +=
                     remove_tree_all(&path).map_err(io_err("remove tree", &path))?;
                 stats.trees_removed += 1;
@@ -384,6 +391,7 @@ mod tests {
         let stats = store
             .gc_with(&GcOptions {
                 tmp_grace: Duration::ZERO,
+                ..GcOptions::default()
             })
             .unwrap();
         assert_eq!(
