@@ -5,13 +5,16 @@
 //! cargo xtask bench images [--runs N]    ours against skopeo copy + umoci unpack
 //! cargo xtask bench sandbox [--runs N]   ours against bwrap and crun
 //! cargo xtask bench exec [--runs N]      exec through the agent against nsenter
+//! cargo xtask bench soak [--sandboxes N] [--seconds S]   (also `cargo xtask soak`)
+//!                                         many sandboxes exec'ing at once; failures, leaks
 //! ```
 //!
-//! `sandbox` and `exec` first build the static guest agent
+//! `sandbox`, `exec` and `soak` first build the static guest agent
 //! (`xtask build-agent`) and the sandbox process `msb-sandbox` in release
 //! mode, next to `msb-bench`, where the runtime looks for it.
 //!
-//! The suites report; a missed target is printed, not an error.
+//! The suites report; a missed target is printed, not an error (`soak`
+//! fails on any failure or leak).
 
 use std::path::Path;
 use std::process::Command;
@@ -22,7 +25,7 @@ use crate::layout::Layout;
 use crate::setup;
 
 /// The suites `msb-bench` knows.
-const SUITES: &[&str] = &["images", "sandbox", "exec"];
+const SUITES: &[&str] = &["images", "sandbox", "exec", "soak"];
 
 /// Debian packages the `images` suite needs: the peers it is measured
 /// against, debootstrap for the Debian fixture image and the registry.
@@ -37,7 +40,7 @@ const SANDBOX_PACKAGES: &[&str] = &["bubblewrap", "crun", "busybox-static"];
 fn packages(suite: &str) -> &'static [&'static str] {
     match suite {
         "images" => IMAGES_PACKAGES,
-        "sandbox" | "exec" => SANDBOX_PACKAGES,
+        "sandbox" | "exec" | "soak" => SANDBOX_PACKAGES,
         _ => &[],
     }
 }
@@ -52,7 +55,7 @@ pub fn run(root: &Path, suite: &str, args: &[String]) -> Result<()> {
     }
     setup::run(root)?;
     setup::ensure_packages(packages(suite))?;
-    if matches!(suite, "sandbox" | "exec") {
+    if matches!(suite, "sandbox" | "exec" | "soak") {
         crate::agent::build(root)?;
         cmd::run(Command::new(cmd::cargo()).current_dir(root).args([
             "build",

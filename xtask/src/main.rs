@@ -7,6 +7,7 @@
 //! cargo xtask bindgen [--check] regenerate (or verify) krun-sys/src/bindings.rs
 //! cargo xtask test             set up, then run the whole test suite (what CI runs)
 //! cargo xtask bench images     set up, then benchmark image pulls against skopeo + umoci
+//! cargo xtask soak [--sandboxes 50] [--seconds 60]  many sandboxes at once; failures and leaks
 //! cargo xtask build-agent      build the static guest agent, print its path
 //! ```
 
@@ -70,6 +71,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then hold many sandboxes at once, each exec'ing in a loop,
+    /// stop and remove them all, and report execs/s, failures and leaks
+    /// (the `soak` bench suite; fails on any failure or leak).
+    Soak {
+        /// Arguments for the suite: `--sandboxes N` (50), `--seconds S` (60).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build the guest agent as a static binary and print its path.
     BuildAgent,
 }
@@ -84,6 +93,7 @@ fn main() {
         Command::Bindgen { check } => bindgen::run(&root, check).map_err(Into::into),
         Command::Test { cargo_args } => test::run(&root, &cargo_args),
         Command::Bench { suite, args } => bench::run(&root, &suite, &args),
+        Command::Soak { args } => bench::run(&root, "soak", &args),
         Command::BuildAgent => agent::run(&root),
     };
     if let Err(err) = outcome {

@@ -5,6 +5,7 @@
 //! msb-bench images [--runs N]
 //! msb-bench sandbox [--runs N]
 //! msb-bench exec [--runs N] [--stream-runs N]
+//! msb-bench soak [--sandboxes N] [--seconds S]
 //! ```
 //!
 //! `images` pushes the realistic Debian fixture image to a local registry on
@@ -23,6 +24,10 @@
 //! `exec` (see [`exec`]) measures commands in one running sandbox through
 //! its agent: the round trip of `true` and stdout/stdin throughput, against
 //! `nsenter` into the same sandbox.
+//!
+//! `soak` (see [`soak`]) holds many sandboxes at once, each exec'ing in a
+//! loop for a bounded time, then stops and removes them all and checks for
+//! leaks (processes, mounts, cgroups, state); failures or leaks fail it.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -41,6 +46,7 @@ use test_utils::registry::TestRegistry;
 
 mod exec;
 mod sandbox;
+mod soak;
 
 type Error = Box<dyn std::error::Error>;
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -97,6 +103,16 @@ enum Cmd {
         #[arg(long)]
         no_warmup: bool,
     },
+    /// Many namespace sandboxes alive at once, each exec'ing in a loop;
+    /// then all stopped and removed, and the host checked for leaks.
+    Soak {
+        /// Sandboxes alive at once.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        sandboxes: u32,
+        /// How long every sandbox keeps exec'ing, in seconds.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        seconds: u64,
+    },
     /// One pull in this process, reported as a JSON line on stdout (the
     /// child `images` measures).
     #[command(hide = true)]
@@ -129,6 +145,7 @@ fn main() -> ExitCode {
             stream_runs,
             no_warmup,
         } => exec::run(runs as usize, stream_runs as usize, !no_warmup),
+        Cmd::Soak { sandboxes, seconds } => soak::run(sandboxes as usize, seconds),
         Cmd::PullOnce {
             home,
             reference,
