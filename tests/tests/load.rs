@@ -3,7 +3,7 @@
 //! API, each running several commands, then all stopped and removed with
 //! nothing left behind.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use microsandbox::{Sandbox, SandboxBuilder, SandboxStatus};
@@ -25,15 +25,34 @@ fn builder(env: &TestEnv, name: &str, image: &str) -> SandboxBuilder {
         .isolation(env.isolation().parse().unwrap())
 }
 
-/// Processes whose root lies below `dir`.
-fn processes_rooted_in(dir: &Path) -> Vec<u32> {
+/// The PID namespace of the sandbox whose sandbox process is
+/// `sandbox_pid` (its agent, that process's child, is PID 1 there). Root
+/// links cannot find a sandbox's processes: after `pivot_root` in its own
+/// mount namespace a sandboxed root reads as `/` from the host.
+fn pid_ns_of_sandbox(sandbox_pid: u32) -> PathBuf {
+    let parent_of = |pid: &str| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("PPid:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|p| parent_of(p) == Some(sandbox_pid))
+        .and_then(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok())
+        .expect("the sandbox's agent")
+}
+
+/// Host processes living in any of `namespaces`.
+fn processes_in(namespaces: &[PathBuf]) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| {
             let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let root = std::fs::read_link(e.path().join("root")).ok()?;
-            root.starts_with(dir).then_some(pid)
+            let ns = std::fs::read_link(e.path().join("ns/pid")).ok()?;
+            namespaces.contains(&ns).then_some(pid)
         })
         .collect()
 }
@@ -77,6 +96,15 @@ async fn twenty_sandboxes_at_once_each_running_five_execs(env: TestEnv) {
     let executed = started.elapsed();
 
     let dirs: Vec<_> = sandboxes.iter().map(Sandbox::state_dir).collect();
+    let namespaces: Vec<PathBuf> = sandboxes
+        .iter()
+        .map(|sb| pid_ns_of_sandbox(sb.pid().unwrap()))
+        .collect();
+    assert_eq!(
+        processes_in(&namespaces).len(),
+        SANDBOXES,
+        "one agent each, idle"
+    );
     let stops = sandboxes
         .iter()
         .map(|sb| async move { sb.stop_and_wait().await });
@@ -97,8 +125,12 @@ async fn twenty_sandboxes_at_once_each_running_five_execs(env: TestEnv) {
     assert!(Sandbox::list_in(env.home()).unwrap().is_empty());
     for dir in &dirs {
         assert!(!dir.exists(), "{} left behind", dir.display());
-        assert!(processes_rooted_in(dir).is_empty());
     }
+    assert_eq!(
+        processes_in(&namespaces),
+        Vec::<u32>::new(),
+        "processes left"
+    );
     let home = env.home().to_string_lossy().into_owned();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(

@@ -64,6 +64,15 @@ pub fn run(count: usize, seconds: u64) -> Result<()> {
         .iter()
         .filter_map(|pid| sandbox::agent_of(*pid).map(|(agent, _)| agent))
         .collect();
+    // The sandboxes' PID namespaces: what any process of theirs lives in
+    // (root links cannot tell, a pivoted root reads as `/` from here).
+    let pid_namespaces: Vec<PathBuf> = agent_pids
+        .iter()
+        .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok())
+        .collect();
+    // While they run, so that the leak check below is known to look where
+    // the cgroups are.
+    let cgroups_alive = cgroup_dirs(&names).len();
 
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
@@ -82,7 +91,7 @@ pub fn run(count: usize, seconds: u64) -> Result<()> {
     let stop_time = started.elapsed();
     drop(runtime);
 
-    let leaks = leaks(&ours, &names, &sandbox_pids, &agent_pids);
+    let leaks = leaks(&ours, &names, &sandbox_pids, &agent_pids, &pid_namespaces);
     let execs = counters.execs.load(Ordering::Relaxed);
     let lat = Stats::of(&latencies);
 
@@ -107,6 +116,12 @@ pub fn run(count: usize, seconds: u64) -> Result<()> {
         secs(lat.max)
     );
     println!("stop + remove all       {}", secs(stop_time));
+    println!(
+        "checked                 {} sandbox processes, {} agents, {} PID namespaces, {cgroups_alive} cgroup dirs seen while running",
+        sandbox_pids.len(),
+        agent_pids.len(),
+        pid_namespaces.len()
+    );
     println!("failures                {failures}");
     println!("leaks                   {}", leaks.len());
     for leak in &leaks {
@@ -280,6 +295,7 @@ fn leaks(
     names: &[SandboxName],
     sandbox_pids: &[u32],
     agent_pids: &[u32],
+    pid_namespaces: &[PathBuf],
 ) -> Vec<String> {
     let mut leaks = Vec::new();
     // Processes: the sandbox processes and agents we started (unless the
@@ -302,6 +318,12 @@ fn leaks(
     for pid in processes_rooted_in(&ours.home) {
         leaks.push(format!("process {pid} rooted in the state home"));
     }
+    for (pid, ns) in processes_in(pid_namespaces) {
+        leaks.push(format!(
+            "process {pid} still in a sandbox's {}",
+            ns.display()
+        ));
+    }
     // Mounts (in our mount namespace) under the home.
     let home = ours.home.to_string_lossy().into_owned();
     if let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") {
@@ -310,13 +332,8 @@ fn leaks(
         }
     }
     // cgroup directories: microsandbox/<name> under every hierarchy.
-    for dir in cgroup_parents() {
-        for name in names {
-            let path = dir.join(name.as_str());
-            if path.exists() {
-                leaks.push(format!("cgroup {}", path.display()));
-            }
-        }
+    for path in cgroup_dirs(names) {
+        leaks.push(format!("cgroup {}", path.display()));
     }
     // State directories.
     match ours.store.list() {
@@ -334,6 +351,30 @@ fn leaks(
         }
     }
     leaks
+}
+
+/// The existing cgroup directories of `names`, in every hierarchy.
+fn cgroup_dirs(names: &[SandboxName]) -> Vec<PathBuf> {
+    cgroup_parents()
+        .iter()
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n.as_str())))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Processes living in any of the PID namespaces `namespaces`.
+fn processes_in(namespaces: &[PathBuf]) -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let ns = std::fs::read_link(e.path().join("ns/pid")).ok()?;
+            namespaces.contains(&ns).then_some((pid, ns))
+        })
+        .collect()
 }
 
 /// `/sys/fs/cgroup/<hierarchy>/microsandbox` (and the unified root's).
