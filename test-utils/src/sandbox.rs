@@ -128,3 +128,32 @@ pub fn ensure_programs() {
         assert!(status.success(), "building the static agent failed");
     });
 }
+
+/// The PID namespace (as `/proc/<pid>/ns/pid` reads) of the sandbox whose
+/// sandbox process is `sandbox_pid`: its agent's, that process's child.
+/// Root links cannot find a sandbox's processes: after `pivot_root` in its
+/// own mount namespace a sandboxed process's root reads as `/` from here.
+pub fn pid_ns_of_sandbox(sandbox_pid: u32) -> PathBuf {
+    let parent_of = |pid: &str| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("PPid:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|p| parent_of(p) == Some(sandbox_pid))
+        .and_then(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok())
+        .expect("the sandbox's agent")
+}
+
+/// How many host processes live in PID namespace `ns`.
+pub fn processes_in(ns: &Path) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|n| n == ns))
+        .count()
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use microsandbox::sandbox::ExecOutput;
 use microsandbox::{MicrosandboxError, Sandbox, SandboxBuilder};
 use test_utils::msb_test;
-use test_utils::sandbox::TestEnv;
+use test_utils::sandbox::{TestEnv, pid_ns_of_sandbox, processes_in};
 
 /// A builder for `name` in the test's home, on the test's backend.
 fn builder(env: &TestEnv, name: &str, image: &str) -> SandboxBuilder {
@@ -607,35 +607,6 @@ async fn a_memory_hog_is_stopped_inside(env: TestEnv) {
     let out = sh(&sb, "echo alive").await;
     assert_eq!(out.stdout_str(), "alive\n");
     sb.stop_and_wait().await.unwrap();
-}
-
-/// The PID namespace (as `/proc/<pid>/ns/pid` reads) of the sandbox whose
-/// sandbox process is `sandbox_pid`: its agent's, that process's child.
-/// Root links cannot find a sandbox's processes: after `pivot_root` in its
-/// own mount namespace a sandboxed process's root reads as `/` from here.
-fn pid_ns_of_sandbox(sandbox_pid: u32) -> std::path::PathBuf {
-    let parent_of = |pid: &str| -> Option<u32> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("PPid:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|p| parent_of(p) == Some(sandbox_pid))
-        .and_then(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok())
-        .expect("the sandbox's agent")
-}
-
-/// How many host processes live in PID namespace `ns`.
-fn processes_in(ns: &Path) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|n| n == ns))
-        .count()
 }
 
 #[msb_test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use microsandbox::{Isolation, MicrosandboxError, Sandbox, SandboxBuilder, SandboxStatus};
 use test_utils::msb_test;
-use test_utils::sandbox::TestEnv;
+use test_utils::sandbox::{TestEnv, pid_ns_of_sandbox, processes_in};
 
 /// A builder for `name` in the test's home, on the test's backend.
 fn builder(env: &TestEnv, name: &str, image: &str) -> SandboxBuilder {
@@ -15,23 +15,6 @@ fn builder(env: &TestEnv, name: &str, image: &str) -> SandboxBuilder {
         .home(env.home())
         .image(image)
         .isolation(env.isolation().parse().unwrap())
-}
-
-/// Whether any process runs from inside `dir` (the sandbox's rootfs): a
-/// leaked agent or command would hold its root there.
-fn processes_rooted_in(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(root) = std::fs::read_link(entry.path().join("root"))
-            && root.starts_with(dir)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// Mounts (in this process's namespace) at or below `dir`.
@@ -82,10 +65,12 @@ async fn create_exec_stop_and_wait_then_remove(env: TestEnv) {
     assert_eq!(list[0].image, image.replace("localhost", "127.0.0.1"));
 
     let dir = sb.state_dir();
+    let ns = pid_ns_of_sandbox(sb.pid().unwrap());
+    assert!(processes_in(&ns) >= 1, "the agent runs in {}", ns.display());
     let status = sb.stop_and_wait().await.unwrap();
     assert_eq!(status, SandboxStatus::Stopped);
     assert_eq!(sb.status().unwrap(), SandboxStatus::Stopped);
-    assert!(processes_rooted_in(&dir).is_empty());
+    assert_eq!(processes_in(&ns), 0, "nothing is left in the sandbox");
     assert!(mounts_below(&dir).is_empty());
     assert!(
         dir.join("console.log").exists() && dir.join("runtime.log").exists(),
@@ -156,8 +141,11 @@ async fn kill_ends_a_running_sandbox_at_once(env: TestEnv) {
         .create()
         .await
         .unwrap();
-    let dir = sb.state_dir();
     let pid = sb.pid().unwrap();
+    let ns = pid_ns_of_sandbox(pid);
+    sb.exec("sh", ["-c", "sleep 60 >/dev/null 2>&1 &"])
+        .await
+        .unwrap();
     let started = Instant::now();
     assert_eq!(sb.kill().await.unwrap(), SandboxStatus::Stopped);
     assert!(
@@ -165,11 +153,12 @@ async fn kill_ends_a_running_sandbox_at_once(env: TestEnv) {
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        !Path::new(&format!("/proc/{pid}/root")).exists() || processes_rooted_in(&dir).is_empty()
-    );
     assert!(sb.pid().is_none());
-    assert!(processes_rooted_in(&dir).is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_in(&ns) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(processes_in(&ns), 0, "the sandbox's processes died with it");
     sb.remove_self().unwrap();
 }
 
@@ -179,7 +168,12 @@ async fn a_killed_sandbox_process_is_reported_crashed(env: TestEnv) {
     let sb = builder(&env, "crashy", &image).create().await.unwrap();
     let dir = sb.state_dir();
     let pid = sb.pid().unwrap();
-    // SAFETY-free: kill(1) the sandbox process from outside.
+    let ns = pid_ns_of_sandbox(pid);
+    sb.exec("sh", ["-c", "sleep 60 >/dev/null 2>&1 &"])
+        .await
+        .unwrap();
+    assert!(processes_in(&ns) >= 2, "the agent and a sleep");
+    // kill(1) the sandbox process from outside.
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -197,10 +191,10 @@ async fn a_killed_sandbox_process_is_reported_crashed(env: TestEnv) {
     // The agent (PID 1 inside) died with it: the kernel's parent-death
     // signal took the whole PID namespace.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_rooted_in(&dir).is_empty() && Instant::now() < deadline {
+    while processes_in(&ns) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(processes_rooted_in(&dir).is_empty());
+    assert_eq!(processes_in(&ns), 0);
     assert!(mounts_below(&dir).is_empty());
     sb.remove_self().unwrap();
     assert!(!dir.exists());
