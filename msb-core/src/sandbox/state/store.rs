@@ -466,12 +466,7 @@ impl StateStore {
                     });
                 }
             };
-            let locked =
-                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
-                    op: "lock",
-                    path: path.clone(),
-                    source: e.into(),
-                })?;
+            let locked = lock_bounded(file, &path)?;
             let held = locked.metadata().map_err(|source| Error::Io {
                 op: "stat",
                 path: path.clone(),
@@ -779,6 +774,43 @@ fn read_record(dir: &Path, name: &SandboxName) -> Result<Option<SandboxRecord>> 
         ));
     }
     Ok(Some(record))
+}
+
+/// How long a sandbox's lock is waited for. Holders only keep it for a
+/// read-modify-write of `state.json`; a holder stuck longer than this (a
+/// process stopped with SIGSTOP, a hung filesystem) must not hang every
+/// other caller forever.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `flock(LOCK_EX)` on `file`, retrying non-blocking attempts for up to
+/// [`LOCK_PATIENCE`]; then `Io` with `TimedOut`.
+fn lock_bounded(mut file: File, path: &std::path::Path) -> Result<Flock<File>> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((back, Errno::EWOULDBLOCK)) if started.elapsed() < LOCK_PATIENCE => {
+                file = back;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(Error::Io {
+                    op: "lock (held by another process for too long)",
+                    path: path.to_path_buf(),
+                    source: io::Error::from(io::ErrorKind::TimedOut),
+                });
+            }
+            Err((_, e)) => {
+                return Err(Error::Io {
+                    op: "lock",
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]
