@@ -276,3 +276,26 @@ async fn a_slow_reader_blocks_only_its_own_command(env: TestEnv) {
     let out = flood.output().await.unwrap();
     assert_eq!(out.stdout.len(), 32 << 20);
 }
+
+#[msb_test]
+async fn the_first_commands_output_is_kept_in_the_logs(env: TestEnv) {
+    use microsandbox::sandbox::{LogOptions, LogSource};
+    let sb = sandbox(&env, "firstlog").await;
+    sb.shell("echo first; echo oops >&2").await.unwrap();
+    sb.shell("echo second").await.unwrap();
+    let lines: Vec<String> = sb
+        .logs(LogOptions::default().sources([LogSource::FirstCommand]))
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(lines, ["first", "oops"]);
+    // The console and runtime logs are there too.
+    let runtime = sb
+        .logs(LogOptions::default().sources([LogSource::Runtime]).tail(50))
+        .unwrap();
+    assert!(
+        runtime.iter().any(|l| l.text.contains("sandbox ready")),
+        "{runtime:?}"
+    );
+}

@@ -173,6 +173,8 @@ impl ExecOptions {
 #[derive(Debug)]
 pub struct ExecHandle {
     session: ExecSession,
+    /// For the sandbox's first command: its output is also kept here.
+    tee: Option<std::fs::File>,
     sandbox: String,
     command: String,
     timeout: Option<Duration>,
@@ -210,6 +212,14 @@ impl ExecHandle {
     /// [`MicrosandboxError::ExecFailed`].
     pub async fn next(&mut self) -> Option<Result<ExecEvent>> {
         let event = self.session.next_event().await?;
+        if let (Some(file), Ok(ExecEvent::Stdout(data) | ExecEvent::Stderr(data))) =
+            (&mut self.tee, &event)
+        {
+            use std::io::Write;
+            if file.write_all(data).is_err() {
+                self.tee = None;
+            }
+        }
         Some(event.map_err(|e| self.error(e)))
     }
 
@@ -409,8 +419,18 @@ impl Sandbox {
         let session = ExecSession::start(conn, request)
             .await
             .map_err(|e| self.error(e))?;
+        // Only the first command gets to create the file.
+        let tee = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(
+                self.state_dir()
+                    .join(msb_core::sandbox::logs::FIRST_COMMAND_LOG),
+            )
+            .ok();
         Ok(ExecHandle {
             session,
+            tee,
             sandbox: self.name().to_owned(),
             command: command.to_owned(),
             timeout: options.timeout,

@@ -1,12 +1,16 @@
 //! A sandbox's logs, kept in its state directory until it is removed:
 //! the guest console ([`CONSOLE_LOG`]: the agent's output for namespace
-//! sandboxes, the virtual console for microVMs) and the sandbox process's
-//! own log ([`RUNTIME_LOG`]).
+//! sandboxes, the virtual console for microVMs), the sandbox process's own
+//! log ([`RUNTIME_LOG`]) and the output of the first command run in it
+//! ([`FIRST_COMMAND_LOG`], stdout and stderr interleaved as they came).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::spec::{CONSOLE_LOG, RUNTIME_LOG};
+
+/// The first command's output, in the sandbox directory.
+pub const FIRST_COMMAND_LOG: &str = "first-command.log";
 use crate::{Error, Result};
 
 /// Which log.
@@ -16,17 +20,24 @@ pub enum LogSource {
     Console,
     /// The sandbox process's log.
     Runtime,
+    /// The output of the first command run in the sandbox.
+    FirstCommand,
 }
 
 impl LogSource {
-    /// Both, console first.
-    pub const ALL: [LogSource; 2] = [LogSource::Console, LogSource::Runtime];
+    /// Every log, console first.
+    pub const ALL: [LogSource; 3] = [
+        LogSource::Console,
+        LogSource::Runtime,
+        LogSource::FirstCommand,
+    ];
 
     /// The log's file in sandbox directory `dir`.
     pub fn path(self, dir: &Path) -> PathBuf {
         dir.join(match self {
             LogSource::Console => CONSOLE_LOG,
             LogSource::Runtime => RUNTIME_LOG,
+            LogSource::FirstCommand => FIRST_COMMAND_LOG,
         })
     }
 
@@ -35,6 +46,7 @@ impl LogSource {
         match self {
             LogSource::Console => "console",
             LogSource::Runtime => "runtime",
+            LogSource::FirstCommand => "first-command",
         }
     }
 }
