@@ -114,7 +114,7 @@ pub struct LogsArgs {
     #[arg(long, short = 'f')]
     follow: bool,
     /// Which log: console (the guest's output), runtime (the sandbox
-    /// process's), or both.
+    /// process's), first-command, or all.
     #[arg(long, value_enum, default_value_t = LogWhich::All)]
     source: LogWhich,
 }
@@ -126,7 +126,9 @@ pub enum LogWhich {
     Console,
     /// The sandbox process's log.
     Runtime,
-    /// Both.
+    /// The output of the first command run in the sandbox.
+    FirstCommand,
+    /// All of them.
     All,
 }
 
@@ -427,6 +429,7 @@ pub async fn logs(args: &LogsArgs) -> Result<()> {
     let sources: Vec<LogSource> = match args.source {
         LogWhich::Console => vec![LogSource::Console],
         LogWhich::Runtime => vec![LogSource::Runtime],
+        LogWhich::FirstCommand => vec![LogSource::FirstCommand],
         LogWhich::All => LogSource::ALL.to_vec(),
     };
     let prefix = sources.len() > 1;
