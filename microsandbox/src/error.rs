@@ -184,6 +184,26 @@ pub enum MicrosandboxError {
         /// The sandboxes mounting it.
         sandboxes: Vec<String>,
     },
+    /// A published host port is already taken; reported at create time,
+    /// before anything is started.
+    #[error("host port {addr}:{port}/{protocol} is already in use")]
+    PortInUse {
+        /// The bind address on the host.
+        addr: std::net::IpAddr,
+        /// The host port.
+        port: u16,
+        /// `tcp` or `udp`.
+        protocol: &'static str,
+    },
+    /// A network setting is unusable (a published port of 0, the same host
+    /// port published twice, an address block that does not parse).
+    #[error("invalid network setting {what}: {reason}")]
+    InvalidNetwork {
+        /// Which setting, e.g. `"port 0:80"`.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file microsandbox needs could not be read or written.
     #[error("{op} {path}: {source}")]
     Io {
@@ -243,6 +263,15 @@ impl MicrosandboxError {
                 source: Box::new(e),
             },
             E::Io { op, path, source } => MicrosandboxError::Io { op, path, source },
+            E::PortInUse {
+                addr,
+                port,
+                protocol,
+            } => MicrosandboxError::PortInUse {
+                addr,
+                port,
+                protocol,
+            },
             other => MicrosandboxError::Sandbox {
                 name: name.to_owned(),
                 source: Box::new(other),

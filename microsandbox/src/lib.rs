@@ -32,6 +32,8 @@ pub mod term {
 }
 
 pub use error::{MicrosandboxError, Result};
+/// Networking: the network policy's types.
+pub use msb_core::sandbox::network::{Cidr, DestinationGroup, NetworkPolicy};
 pub use sandbox::{
     ExecOutput, ExitStatus, FsErrorKind, Isolation, RlimitResource, Sandbox, SandboxBuilder,
     SandboxFs, SandboxInfo, SandboxStatus,

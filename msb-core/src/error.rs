@@ -375,6 +375,33 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An address block (`10.0.0.0/8`) of a network policy does not parse.
+    #[error("invalid address block {value:?}: {reason}")]
+    InvalidCidr {
+        /// The text given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A published host port is already taken on the host.
+    #[error("host port {addr}:{port}/{protocol} is already in use")]
+    PortInUse {
+        /// The bind address.
+        addr: std::net::IpAddr,
+        /// The host port.
+        port: u16,
+        /// `tcp` or `udp`.
+        protocol: &'static str,
+    },
+    /// Setting up the sandbox's network failed (starting `pasta`, installing
+    /// the policy's rules).
+    #[error("sandbox network setup failed during {step}: {reason}")]
+    NetworkSetup {
+        /// What was being done, e.g. `"start pasta"`.
+        step: &'static str,
+        /// Why it failed (the tool's own message where there is one).
+        reason: String,
+    },
 }
 
 /// `"\nconsole:\n<tail>"`, or nothing for an empty tail.

@@ -23,6 +23,9 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "apache2-utils",
     "openssl",
+    // Sandbox networking: pasta, and `ip` for the network policy's rules.
+    "passt",
+    "iproute2",
 ];
 
 pub fn run(root: &Path, cargo_args: &[String]) -> Result<()> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use msb_core::image::config::{RuntimeDefaults, image_config};
 use msb_core::image::store::ImageStore;
 use msb_core::sandbox::lifecycle::{self, CreateOptions};
+use msb_core::sandbox::network::{NetworkPolicy, NetworkSpec, PortMapping, Protocol};
 use msb_core::sandbox::programs;
 use msb_core::sandbox::spec::{
     DEFAULT_STOP_GRACE, RlimitResource, RlimitSpec, RootfsSpec, SandboxSpec,
@@ -57,6 +58,7 @@ pub struct SandboxBuilder {
     entrypoint: Option<Vec<String>>,
     rlimits: Vec<RlimitSpec>,
     volumes: Vec<(String, VolumeMount)>,
+    network: NetworkSpec,
     isolation: Option<Isolation>,
     replace: Option<Duration>,
     stop_grace: Duration,
@@ -79,6 +81,7 @@ impl SandboxBuilder {
             entrypoint: None,
             rlimits: Vec::new(),
             volumes: Vec::new(),
+            network: NetworkSpec::default(),
             isolation: None,
             replace: None,
             stop_grace: DEFAULT_STOP_GRACE,
@@ -228,6 +231,66 @@ impl SandboxBuilder {
         self
     }
 
+    /// Cuts the sandbox off the network: it keeps only its own `lo`.
+    /// Networking is on by default (namespace isolation: pasta; microVM:
+    /// libkrun's TSI).
+    pub fn disable_network(mut self) -> Self {
+        self.network.enabled = false;
+        self
+    }
+
+    /// Publishes TCP port `guest` inside as `host` on the host's
+    /// 127.0.0.1. A host port already taken fails [`create`](Self::create)
+    /// with [`MicrosandboxError::PortInUse`] before anything starts.
+    ///
+    /// ```no_run
+    /// # async fn run() -> microsandbox::Result<()> {
+    /// use microsandbox::{DestinationGroup, NetworkPolicy, Sandbox};
+    ///
+    /// let sb = Sandbox::builder("web")
+    ///     .image("alpine")
+    ///     .port(8080, 80)
+    ///     .network_policy(NetworkPolicy::allow_all().deny(DestinationGroup::Private))
+    ///     .create()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn port(self, host: u16, guest: u16) -> Self {
+        self.publish(PortMapping::local(Protocol::Tcp, host, guest))
+    }
+
+    /// Publishes UDP port `guest` inside as `host` on the host's 127.0.0.1
+    /// (namespace isolation only: libkrun's port map is TCP only).
+    pub fn port_udp(self, host: u16, guest: u16) -> Self {
+        self.publish(PortMapping::local(Protocol::Udp, host, guest))
+    }
+
+    /// Publishes TCP port `guest` inside as `host` on the host address
+    /// `addr` (e.g. `0.0.0.0` for every interface).
+    pub fn port_on(self, addr: std::net::IpAddr, host: u16, guest: u16) -> Self {
+        self.publish(PortMapping {
+            protocol: Protocol::Tcp,
+            host_addr: addr,
+            host_port: host,
+            guest_port: guest,
+        })
+    }
+
+    fn publish(mut self, mapping: PortMapping) -> Self {
+        self.network.ports.push(mapping);
+        self
+    }
+
+    /// Which destinations code inside may reach (default:
+    /// [`NetworkPolicy::allow_all`], which still refuses the cloud metadata
+    /// address). Enforced from outside the sandbox (namespace isolation;
+    /// not yet for microVMs).
+    pub fn network_policy(mut self, policy: NetworkPolicy) -> Self {
+        self.network.policy = policy;
+        self
+    }
+
     /// The isolation backend. Without it, `MSB_ISOLATION` decides, else the
     /// microVM. Never changed silently: a microVM on a host that cannot run
     /// one fails with [`MicrosandboxError::BootFailed`] saying why.
@@ -295,6 +358,7 @@ impl SandboxBuilder {
             .unwrap_or_else(|| name.as_str().to_owned());
         check_hostname(&hostname)?;
         check_rlimits(&self.rlimits)?;
+        check_network(&self.network)?;
         let volumes =
             crate::volume::resolve_all(&self.home, &self.volumes, isolation == Isolation::Microvm)?;
         let program = programs::sandbox_program(&self.home).map_err(fail)?;
@@ -334,6 +398,7 @@ impl SandboxBuilder {
             rlimits: self.rlimits.clone(),
             entrypoint: entrypoint.clone(),
             cmd: cmd.clone(),
+            network: self.network.clone(),
         };
         let options = CreateOptions {
             replace: self.replace,
@@ -439,6 +504,32 @@ fn check_hostname(hostname: &str) -> Result<()> {
 }
 
 /// Soft limits never above hard ones.
+/// Published ports: none without networking, no port 0, each host port
+/// free now (bound and released at once).
+fn check_network(network: &NetworkSpec) -> Result<()> {
+    if !network.enabled && !network.ports.is_empty() {
+        return Err(MicrosandboxError::InvalidNetwork {
+            what: "ports".into(),
+            reason: "ports are published but networking is disabled".into(),
+        });
+    }
+    network.check_ports().map_err(|e| match e {
+        msb_core::Error::PortInUse {
+            addr,
+            port,
+            protocol,
+        } => MicrosandboxError::PortInUse {
+            addr,
+            port,
+            protocol,
+        },
+        other => MicrosandboxError::InvalidNetwork {
+            what: "ports".into(),
+            reason: other.to_string(),
+        },
+    })
+}
+
 fn check_rlimits(rlimits: &[RlimitSpec]) -> Result<()> {
     match rlimits.iter().find(|r| r.soft > r.hard) {
         None => Ok(()),

@@ -9,6 +9,8 @@
 //!   creating program's side.
 //! - [`process`]: the sandbox process itself (`msb-sandbox`).
 //! - [`client`]: connections to a sandbox's guest agent.
+//! - [`network`]: networking (pasta, TSI), published ports, the network
+//!   policy.
 //! - [`namespace`], [`cgroup`]: the namespace isolation backend's parts;
 //!   the microVM backend is [`crate::krun`].
 
@@ -20,6 +22,7 @@ pub mod files;
 pub mod lifecycle;
 pub mod logs;
 pub mod namespace;
+pub mod network;
 pub mod process;
 pub mod programs;
 pub mod socket;

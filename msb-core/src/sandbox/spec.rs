@@ -120,6 +120,9 @@ pub struct SandboxSpec {
     /// The image's default arguments (`Cmd`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+    /// Networking: on or off, published ports, the policy.
+    #[serde(default)]
+    pub network: super::network::NetworkSpec,
 }
 
 /// Where a volume's content comes from.

@@ -235,6 +235,17 @@ pub struct NamespaceSpec {
     /// SIGKILL takes its sandbox with it. Only for spawning threads that
     /// live as long as the sandbox should (e.g. a process's main thread).
     pub die_with_parent: bool,
+    /// Capabilities dropped from the bounding set before `execve`, besides
+    /// `CAP_SYS_ADMIN` (e.g. `CAP_NET_ADMIN` = 12, `CAP_NET_RAW` = 13, so
+    /// that root inside cannot change the network namespace's routes and
+    /// rules, nor send raw frames around them).
+    pub drop_capabilities: Vec<libc::c_int>,
+    /// Run by the parent with the child's host pid after the id maps are
+    /// written and before the child is released to set itself up and
+    /// `execve` (e.g. to configure its network namespace from the host).
+    /// The child is still blocked when it runs; an error kills it and is
+    /// returned by [`spawn`].
+    pub before_release: Option<BeforeRelease>,
     /// Standard input.
     pub stdin: Stdio,
     /// Standard output.
@@ -265,10 +276,22 @@ impl NamespaceSpec {
             mounts: Vec::new(),
             rlimits: Vec::new(),
             die_with_parent: false,
+            drop_capabilities: Vec::new(),
+            before_release: None,
             stdin: Stdio::Inherit,
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
         }
+    }
+}
+
+/// A callback of [`NamespaceSpec::before_release`]: gets the child's host
+/// pid while the child waits.
+pub struct BeforeRelease(pub Box<dyn FnOnce(u32) -> Result<()>>);
+
+impl std::fmt::Debug for BeforeRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeRelease(..)")
     }
 }
 
@@ -932,6 +955,8 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         mounts,
         rlimits,
         die_with_parent,
+        drop_capabilities,
+        before_release,
         stdin,
         stdout,
         stderr,
@@ -977,6 +1002,12 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         .collect::<Result<_>>()?;
     let mut ops = mount_plan(&root, userns)?;
     ops.extend(volume_plan(&root, &mounts)?);
+    for cap in drop_capabilities {
+        ops.push(PlanStep {
+            step: "drop a capability from the bounding set",
+            op: Op::DropBoundingCap { cap },
+        });
+    }
     for r in &rlimits {
         if r.soft > r.hard {
             return Err(Error::InvalidNamespaceSpec {
@@ -996,7 +1027,11 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
     })?;
     let stdio_owned = [stdio_fd(stdin)?, stdio_fd(stdout)?, stdio_fd(stderr)?];
     let (err_r, err_w) = pipe_high()?;
-    let sync = if userns { Some(pipe_high()?) } else { None };
+    let sync = if userns || before_release.is_some() {
+        Some(pipe_high()?)
+    } else {
+        None
+    };
 
     let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
@@ -1084,9 +1119,11 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
     if let Some((sync_r, sync_w)) = sync {
         drop(sync_r);
         // On failure `child` is dropped: SIGKILL and reap.
-        write_id_maps(pid, euid, egid)?;
+        if userns {
+            write_id_maps(pid, euid, egid)?;
+        }
         // Inside its user namespace the child can only lower its limits.
-        for (resource, limit) in &plan.rlimits {
+        for (resource, limit) in plan.rlimits.iter().filter(|_| userns) {
             // SAFETY: `limit` is a live rlimit; no old limit wanted.
             let ret = unsafe {
                 libc::prlimit(
@@ -1099,6 +1136,9 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
             if ret < 0 {
                 return Err(setup_error("set rlimit from the host", Errno::last()));
             }
+        }
+        if let Some(BeforeRelease(hook)) = before_release {
+            hook(pid as u32)?;
         }
         let mut w = std::fs::File::from(sync_w);
         std::io::Write::write_all(&mut w, b"1").map_err(|e| {

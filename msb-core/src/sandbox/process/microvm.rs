@@ -22,6 +22,7 @@ use crate::krun::{KrunContext, Rlimit, VirtiofsOptions};
 use crate::rootfs::{AGENT_PATH, RootfsLayout, Strategy};
 use crate::sandbox::client::AgentConnection;
 use crate::sandbox::namespace::DEFAULT_PATH;
+use crate::sandbox::network::{NetworkPolicy, Protocol};
 use crate::sandbox::socket::SocketPath;
 use crate::sandbox::spec::{
     AGENT_SOCKET, AGENT_VSOCK_PORT, CONSOLE_LOG, SandboxSpec, VolumeSource,
@@ -151,6 +152,7 @@ fn configure(
         .collect();
     ctx.set_rlimits(&rlimits).map_err(krun)?;
     ctx.set_workdir("/").map_err(krun)?;
+    configure_network(&mut ctx, spec).map_err(krun)?;
     let short = SocketPath::new(socket).map_err(|source| Error::Io {
         op: "open socket directory of",
         path: socket.to_path_buf(),
@@ -161,6 +163,39 @@ fn configure(
     ctx.set_console_output(&dir.join(CONSOLE_LOG))
         .map_err(krun)?;
     Ok((ctx, short))
+}
+
+/// Networking of the microVM: TSI (see [`crate::sandbox::network`] for
+/// why), with the published TCP ports as libkrun's port map; networking off
+/// keeps the vsock device (the agent's port) without TSI.
+///
+/// The network policy is not enforced for microVMs yet: TSI's sockets are
+/// made by libkrun in this process, in the host's network namespace.
+fn configure_network(ctx: &mut KrunContext, spec: &SandboxSpec) -> std::io::Result<()> {
+    let net = &spec.network;
+    ctx.disable_implicit_vsock()?;
+    if !net.enabled {
+        return ctx.add_vsock(0);
+    }
+    ctx.add_vsock(krun_sys::KRUN_TSI_HIJACK_INET)?;
+    let mut map = Vec::new();
+    for p in &net.ports {
+        if p.protocol != Protocol::Tcp || !p.host_addr.is_loopback() {
+            // libkrun's port map is TCP only, bound where libkrun decides.
+            tracing::warn!(
+                port = %p.pasta_spec(),
+                protocol = p.protocol.name(),
+                "published port not supported by TSI; skipped"
+            );
+            continue;
+        }
+        map.push((p.host_port, p.guest_port));
+    }
+    ctx.set_port_map(&map)?;
+    if net.policy != NetworkPolicy::allow_all() {
+        tracing::warn!("the network policy is not enforced for microVMs yet");
+    }
+    Ok(())
 }
 
 /// The agent's environment variable listing the volumes to mount in init

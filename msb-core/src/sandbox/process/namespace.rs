@@ -15,9 +15,10 @@ use crate::rootfs::AGENT_PATH;
 use crate::sandbox::cgroup::{CgroupLayout, Limits, SandboxCgroup};
 use crate::sandbox::client::AgentConnection;
 use crate::sandbox::namespace::{
-    DEFAULT_PATH, Mount, MountSource, NamespaceChild, NamespaceSpec, Rlimit, SandboxRoot, Stdio,
-    spawn,
+    BeforeRelease, DEFAULT_PATH, Mount, MountSource, NamespaceChild, NamespaceSpec, Rlimit,
+    SandboxRoot, Stdio, spawn,
 };
+use crate::sandbox::network::{self, SandboxNetwork};
 use crate::sandbox::spec::{AGENT_SOCKET, CONSOLE_LOG, SandboxSpec, VolumeSource};
 use crate::sandbox::state::SandboxStatus;
 use crate::{Error, Result};
@@ -44,6 +45,8 @@ pub(super) fn main(spec: SandboxSpec, dir: &Path, started: Instant, mut reporter
 struct Booted {
     child: NamespaceChild,
     cgroup: Option<SandboxCgroup>,
+    /// pasta, with networking on.
+    network: Option<SandboxNetwork>,
 }
 
 async fn run(spec: SandboxSpec, dir: &Path, started: Instant, mut reporter: Reporter) -> i32 {
@@ -175,6 +178,8 @@ fn boot(spec: &SandboxSpec, dir: &Path) -> std::result::Result<Booted, (&'static
         })?;
     let cgroup = create_cgroup(spec).map_err(|e| ("cgroup", e))?;
 
+    let net_files = network::write_files(dir, &layout.lower, &spec.hostname, spec.network.enabled)
+        .map_err(|e| ("network", e))?;
     let mut ns = NamespaceSpec::new(SandboxRoot::Layout(layout), [AGENT_PATH]);
     ns.hostname = spec.hostname.clone();
     ns.env = vec![
@@ -182,7 +187,26 @@ fn boot(spec: &SandboxSpec, dir: &Path) -> std::result::Result<Booted, (&'static
         ("MSB_AGENT_LISTEN_FD".into(), "0".into()),
         ("MSB_HOSTNAME".into(), spec.hostname.clone().into()),
     ];
-    ns.mounts = volume_mounts(spec);
+    ns.mounts = net_files
+        .into_iter()
+        .map(|(guest, host)| Mount {
+            target: guest.into(),
+            source: MountSource::Bind(host),
+            read_only: false,
+        })
+        .chain(volume_mounts(spec))
+        .collect();
+    // The network is attached while the agent still waits to be released:
+    // the policy's rules and pasta are in place before it runs.
+    let attached = std::rc::Rc::new(std::cell::RefCell::new(None));
+    if spec.network.enabled {
+        ns.drop_capabilities = network::DROPPED_CAPABILITIES.to_vec();
+        let (slot, net, dir) = (attached.clone(), spec.network.clone(), dir.to_path_buf());
+        ns.before_release = Some(BeforeRelease(Box::new(move |pid| {
+            *slot.borrow_mut() = Some(SandboxNetwork::attach(pid, &net, &dir)?);
+            Ok(())
+        })));
+    }
     ns.rlimits = spec
         .rlimits
         .iter()
@@ -196,12 +220,21 @@ fn boot(spec: &SandboxSpec, dir: &Path) -> std::result::Result<Booted, (&'static
     ns.stdin = Stdio::Fd(OwnedFd::from(listener));
     ns.stdout = Stdio::Fd(clone_fd(&console, &console_path).map_err(|e| ("console", e))?);
     ns.stderr = Stdio::Fd(OwnedFd::from(console));
-    let child = spawn(ns).map_err(|e| ("spawn", e))?;
+    let spawned = spawn(ns);
+    let network = attached.borrow_mut().take();
+    let child = spawned.map_err(|e| match e {
+        e @ Error::NetworkSetup { .. } => ("network", e),
+        e => ("spawn", e),
+    })?;
     if let Some(cgroup) = &cgroup {
         cgroup.add_pid(child.pid()).map_err(|e| ("cgroup", e))?;
     }
     tracing::info!(pid = child.pid(), "agent started as PID 1");
-    Ok(Booted { child, cgroup })
+    Ok(Booted {
+        child,
+        cgroup,
+        network,
+    })
 }
 
 /// The spec's volumes as mounts inside the sandbox's mount namespace.
@@ -273,9 +306,16 @@ fn exit_reason(child: &mut NamespaceChild) -> String {
 /// rootfs stays until the sandbox is removed; its overlay mount lived in
 /// the sandbox's mount namespace and went with it.
 fn teardown(booted: Booted, socket: &Path) {
-    let Booted { mut child, cgroup } = booted;
+    let Booted {
+        mut child,
+        cgroup,
+        network,
+    } = booted;
     let _ = child.kill(libc::SIGKILL);
     let _ = child.wait();
+    if let Some(mut network) = network {
+        network.stop();
+    }
     if let Some(mut cgroup) = cgroup
         && cgroup.remove().is_err()
     {

@@ -189,6 +189,8 @@ pub(crate) fn spec(ours: &Ours, name: &SandboxName) -> SandboxSpec {
         rlimits: Vec::new(),
         entrypoint: Vec::new(),
         cmd: Vec::new(),
+        // Like the peers (`bwrap --unshare-all`): no network beyond `lo`.
+        network: msb_core::sandbox::network::NetworkSpec::disabled(),
     }
 }
 
