@@ -88,8 +88,11 @@
 //! # What is not (yet) done here
 //!
 //! cgroup limits and a cgroup namespace, `/sys`, capability bounding
-//! beyond `CAP_SYS_ADMIN`, `no_new_privs` and seccomp, networking beyond `lo`, descriptors other than
-//! 0–2 passed to the program, terminal (pty) allocation.
+//! beyond `CAP_SYS_ADMIN` and [`NamespaceSpec::drop_capabilities`],
+//! `no_new_privs` and seccomp, descriptors other than 0–2 passed to the
+//! program, terminal (pty) allocation. Networking beyond `lo` is the
+//! caller's, through [`NamespaceSpec::before_release`] (see
+//! [`crate::sandbox::network`]).
 
 mod child;
 
