@@ -37,8 +37,13 @@
 //!   configured and is the readiness signal.
 //!
 //! `/etc/hosts` (`localhost` and the sandbox's hostname) and
-//! `/etc/resolv.conf` (the host's non-loopback nameservers, reached through
-//! pasta) are files of the sandbox directory bind-mounted over the image's.
+//! `/etc/resolv.conf` are files of the sandbox directory bind-mounted over
+//! the image's. The resolvers are the host's non-loopback nameservers,
+//! reached through pasta; when the host only has a loopback stub (e.g.
+//! systemd-resolved's 127.0.0.53), the sandbox's nameserver is the gateway
+//! address and pasta forwards its DNS queries to the host's resolver
+//! (`--dns-forward`). Either way DNS is subject to the policy: denying the
+//! loopback group (stub case) or the resolver's group cuts name resolution.
 //!
 //! The [`policy`] is enforced from outside: see its docs.
 //!

@@ -2,6 +2,7 @@
 //! [`super`] for its flags).
 
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,7 +33,13 @@ pub fn pasta_program() -> Option<PathBuf> {
 }
 
 /// pasta's arguments for the namespaces of `pid` (without the program).
-pub fn pasta_args(pid: u32, spec: &NetworkSpec, pid_file: &Path, root: bool) -> Vec<String> {
+pub fn pasta_args(
+    pid: u32,
+    spec: &NetworkSpec,
+    pid_file: &Path,
+    root: bool,
+    dns: Option<IpAddr>,
+) -> Vec<String> {
     let mut args: Vec<String> = ["--config-net", "--foreground", "--quiet"]
         .map(String::from)
         .to_vec();
@@ -56,6 +63,9 @@ pub fn pasta_args(pid: u32, spec: &NetworkSpec, pid_file: &Path, root: bool) -> 
     args.extend(["-T", "none", "-U", "none"].map(String::from));
     if !spec.policy.allows_loopback() {
         args.push("--no-map-gw".into());
+    }
+    if let Some(addr) = dns {
+        args.extend(["--dns-forward".into(), addr.to_string()]);
     }
     args.extend([
         "--userns".into(),
@@ -98,7 +108,7 @@ impl Pasta {
             source,
         })?;
         let root = nix::unistd::geteuid().is_root();
-        let args = pasta_args(pid, spec, &pid_file, root);
+        let args = pasta_args(pid, spec, &pid_file, root, super::files::dns_forward());
         tracing::debug!(program = %program.display(), ?args, "starting pasta");
         let mut cmd = Command::new(&program);
         cmd.args(&args)
@@ -204,15 +214,25 @@ mod tests {
             policy: NetworkPolicy::allow_all().deny(DestinationGroup::Loopback),
             ..NetworkSpec::default()
         };
-        let args = pasta_args(42, &spec, Path::new("/d/pasta.pid"), true).join(" ");
+        let args = pasta_args(42, &spec, Path::new("/d/pasta.pid"), true, None).join(" ");
         assert_eq!(
             args,
             "--config-net --foreground --quiet --runas 0:0 -t 127.0.0.1/8080:80 \
              -t 127.0.0.1/8443:443 -u none -T none -U none --no-map-gw \
              --userns /proc/42/ns/user --netns /proc/42/ns/net -P /d/pasta.pid"
         );
-        let args = pasta_args(7, &NetworkSpec::default(), Path::new("p"), false).join(" ");
-        assert!(args.contains("-t none -u none -T none -U none --userns"));
+        let args = pasta_args(
+            7,
+            &NetworkSpec::default(),
+            Path::new("p"),
+            false,
+            Some("192.0.2.1".parse().unwrap()),
+        )
+        .join(" ");
+        assert!(
+            args.contains("-t none -u none -T none -U none --dns-forward 192.0.2.1 --userns"),
+            "{args}"
+        );
         assert!(!args.contains("--no-map-gw"));
     }
 }
