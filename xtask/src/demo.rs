@@ -25,7 +25,7 @@ const APPLETS: &[&str] = &[
 pub fn run(root: &Path, command: &[String]) -> Result<()> {
     let started = Instant::now();
     setup::run(root)?;
-    setup::ensure_packages(&["busybox-static"])?;
+    setup::ensure_packages(&["busybox-static", "passt", "iproute2"])?;
     crate::agent::build(root)?;
     cmd::run(Command::new(cmd::cargo()).current_dir(root).args([
         "build",
