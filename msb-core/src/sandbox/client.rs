@@ -67,9 +67,7 @@ impl AgentConnection {
 
     /// The connection's frame reader and writer, for a session that owns
     /// the connection (e.g. a streaming exec).
-    pub(crate) fn into_parts(
-        self,
-    ) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
+    pub(crate) fn into_parts(self) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
         (self.reader, self.writer)
     }
 
