@@ -276,7 +276,7 @@ async fn host_processes_cannot_be_signalled(env: TestEnv) {
 }
 
 #[msb_test]
-async fn host_loopback_services_are_unreachable(env: TestEnv) {
+async fn host_loopback_services_are_unreachable_with_networking_off(env: TestEnv) {
     let image = env.busybox();
     // One listener on every host address: loopback and the host's own.
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
@@ -296,7 +296,12 @@ async fn host_loopback_services_are_unreachable(env: TestEnv) {
     let (mut probe, _) = listener.accept().unwrap();
     let _ = probe.read(&mut [0; 1]);
 
-    let sb = builder(&env, "esc-net", &image).create().await.unwrap();
+    // Networking off: the sandbox has nothing but its own `lo`.
+    let sb = builder(&env, "esc-net", &image)
+        .disable_network()
+        .create()
+        .await
+        .unwrap();
     let out = sh(
         &sb,
         "busybox cat /proc/net/dev | busybox tail -n +3 | busybox cut -d: -f1",
