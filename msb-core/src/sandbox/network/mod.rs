@@ -245,6 +245,17 @@ impl SandboxNetwork {
     /// configured the namespace, then decides the gateway address.
     /// Nothing to do when networking is off.
     pub fn attach(pid: u32, spec: &NetworkSpec, dir: &Path) -> Result<SandboxNetwork> {
+        Self::attach_from(pid, spec, dir, None)
+    }
+
+    /// [`attach`](Self::attach), with pasta run in the network namespace
+    /// `outer` rather than the caller's (see [`Pasta::start_from`]).
+    pub fn attach_from(
+        pid: u32,
+        spec: &NetworkSpec,
+        dir: &Path,
+        outer: Option<&std::fs::File>,
+    ) -> Result<SandboxNetwork> {
         if !spec.enabled {
             return Ok(SandboxNetwork { pasta: None });
         }
@@ -252,7 +263,7 @@ impl SandboxNetwork {
         // Refusals first: nothing can pass while pasta comes up.
         ns.ip_batch(false, &spec.policy.ip_rules(false))?;
         ns.ip_batch(true, &spec.policy.ip_rules(true))?;
-        let pasta = Pasta::start(pid, spec, dir)?;
+        let pasta = Pasta::start_from(pid, spec, dir, outer)?;
         for v6 in [false, true] {
             if let Some(gw) = ns.default_gateway(v6)? {
                 ns.ip_batch(v6, &[spec.policy.gateway_rule(gw)])?;

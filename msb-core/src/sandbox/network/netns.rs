@@ -25,9 +25,11 @@ fn ip_program() -> PathBuf {
         .unwrap_or_else(|| "ip".into())
 }
 
-/// A sandbox's user and network namespaces, held open.
+/// A sandbox's user and network namespaces, held open. `user` is `None`
+/// when it is the caller's own (setns(2) into one's own user namespace is
+/// `EINVAL`): a microVM's VMM in a network namespace of its own.
 pub(super) struct Netns {
-    user: File,
+    user: Option<File>,
     net: File,
 }
 
@@ -42,8 +44,15 @@ impl Netns {
                 source,
             })
         };
+        use std::os::unix::fs::MetadataExt;
+        let user = open("user")?;
+        let own = std::fs::metadata("/proc/self/ns/user").ok();
+        let same = match (user.metadata().ok(), own) {
+            (Some(theirs), Some(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
+            _ => false,
+        };
         Ok(Netns {
-            user: open("user")?,
+            user: (!same).then_some(user),
             net: open("net")?,
         })
     }
@@ -55,7 +64,10 @@ impl Netns {
             step: "configure the network namespace",
             reason,
         };
-        let (user, net) = (self.user.as_raw_fd(), self.net.as_raw_fd());
+        let (user, net) = (
+            self.user.as_ref().map(|u| u.as_raw_fd()),
+            self.net.as_raw_fd(),
+        );
         let mut cmd = Command::new(ip_program());
         cmd.args(args)
             .stdin(Stdio::piped())
@@ -67,8 +79,10 @@ impl Netns {
         // capabilities over the network namespace that setns(CLONE_NEWNET)
         // needs, also when not running as root.
         let join = move || {
-            // SAFETY: setns(2) on an open namespace descriptor.
-            if unsafe { libc::setns(user, libc::CLONE_NEWUSER) } != 0 {
+            if let Some(user) = user
+                // SAFETY: setns(2) on an open namespace descriptor.
+                && unsafe { libc::setns(user, libc::CLONE_NEWUSER) } != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // SAFETY: as above.

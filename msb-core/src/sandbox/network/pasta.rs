@@ -92,6 +92,18 @@ impl Pasta {
     /// message. Must be called from the thread that lives as long as the
     /// sandbox (the parent-death signal follows that thread).
     pub fn start(pid: u32, spec: &NetworkSpec, dir: &Path) -> Result<Pasta> {
+        Self::start_from(pid, spec, dir, None)
+    }
+
+    /// [`start`](Self::start), with pasta itself run in the network
+    /// namespace `outer` (its external side) when the caller has already
+    /// left the host's: a microVM's VMM connecting its own namespace.
+    pub fn start_from(
+        pid: u32,
+        spec: &NetworkSpec,
+        dir: &Path,
+        outer: Option<&File>,
+    ) -> Result<Pasta> {
         let fail = |reason: String| Error::NetworkSetup {
             step: "start pasta",
             reason,
@@ -108,16 +120,39 @@ impl Pasta {
             source,
         })?;
         let root = nix::unistd::geteuid().is_root();
-        let args = pasta_args(pid, spec, &pid_file, root, super::files::dns_forward());
+        let mut args = pasta_args(pid, spec, &pid_file, root, super::files::dns_forward());
+        if outer.is_some() {
+            // The namespace is the caller's own, in the caller's user
+            // namespace: pasta joins just the network namespace, through a
+            // bind mount of it (pasta opens it after dropping privileges,
+            // when /proc/<pid>/ns is no longer open to it).
+            if let Some(at) = args.iter().position(|a| a == "--userns") {
+                args.drain(at..at + 2);
+            }
+            let pinned = dir.join("netns");
+            pin_netns(pid, &pinned)
+                .map_err(|e| fail(format!("cannot pin the network namespace: {e}")))?;
+            if let Some(at) = args.iter().position(|a| a == "--netns") {
+                args[at + 1] = pinned.display().to_string();
+            }
+        }
         tracing::debug!(program = %program.display(), ?args, "starting pasta");
         let mut cmd = Command::new(&program);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        // Runs in the forked child before execve: prctl(2) and getppid(2)
-        // only, both async-signal-safe.
-        let die_with_us = || {
+        let outer = outer.map(|f| std::os::fd::AsRawFd::as_raw_fd(f));
+        // Runs in the forked child before execve: setns(2), prctl(2) and
+        // getppid(2) only, all async-signal-safe.
+        let die_with_us = move || {
+            if let Some(outer) = outer
+                // SAFETY: setns(2) on a namespace descriptor the caller keeps
+                // open until spawn returns.
+                && unsafe { libc::setns(outer, libc::CLONE_NEWNET) } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             // SAFETY: PR_SET_PDEATHSIG takes a signal number.
             if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -197,6 +232,21 @@ fn messages(path: &Path) -> String {
         .filter(|l| !l.starts_with("Failed to send") && !l.trim().is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Bind-mounts the network namespace of `pid` on `at` (created empty), in
+/// the caller's mount namespace.
+fn pin_netns(pid: u32, at: &Path) -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    File::create(at)?;
+    mount(
+        Some(format!("/proc/{pid}/ns/net").as_str()),
+        at,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

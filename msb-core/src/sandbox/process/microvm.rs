@@ -22,7 +22,7 @@ use crate::krun::{KrunContext, Rlimit, VirtiofsOptions};
 use crate::rootfs::{AGENT_PATH, RootfsLayout, Strategy};
 use crate::sandbox::client::AgentConnection;
 use crate::sandbox::namespace::DEFAULT_PATH;
-use crate::sandbox::network::{NetworkPolicy, Protocol};
+use crate::sandbox::network::{NetworkPolicy, Protocol, SandboxNetwork};
 use crate::sandbox::socket::SocketPath;
 use crate::sandbox::spec::{
     AGENT_SOCKET, AGENT_VSOCK_PORT, CONSOLE_LOG, SandboxSpec, VolumeSource,
@@ -41,6 +41,15 @@ pub(super) fn main(spec: SandboxSpec, dir: &Path, started: Instant, mut reporter
         Ok(layout) => layout,
         Err(e) => {
             reporter.send(&failed("rootfs", &e));
+            return 1;
+        }
+    };
+    // Before any thread exists: namespaces are per thread, and every thread
+    // libkrun starts later inherits this one's.
+    let _network = match isolate_network(&spec, dir) {
+        Ok(network) => network,
+        Err(e) => {
+            reporter.send(&failed("network", &e));
             return 1;
         }
     };
@@ -169,8 +178,9 @@ fn configure(
 /// why), with the published TCP ports as libkrun's port map; networking off
 /// keeps the vsock device (the agent's port) without TSI.
 ///
-/// The network policy is not enforced for microVMs yet: TSI's sockets are
-/// made by libkrun in this process, in the host's network namespace.
+/// TSI's sockets are made by libkrun in this process; [`isolate_network`]
+/// puts this process in a network namespace of its own first, so the
+/// policy's rules apply to them.
 fn configure_network(ctx: &mut KrunContext, spec: &SandboxSpec) -> std::io::Result<()> {
     let net = &spec.network;
     ctx.disable_implicit_vsock()?;
@@ -192,10 +202,52 @@ fn configure_network(ctx: &mut KrunContext, spec: &SandboxSpec) -> std::io::Resu
         map.push((p.host_port, p.guest_port));
     }
     ctx.set_port_map(&map)?;
-    if net.policy != NetworkPolicy::allow_all() {
-        tracing::warn!("the network policy is not enforced for microVMs yet");
-    }
     Ok(())
+}
+
+/// Moves this process (the VMM) into a network namespace of its own,
+/// connected to the host by pasta under the policy's rules, as a namespace
+/// sandbox's is: TSI's sockets are then made inside it, where the rules
+/// hold and code in the guest cannot reach them. Published ports: pasta
+/// forwards each host port to the same port here, where libkrun's port map
+/// listens and passes it to the guest port.
+///
+/// Without the privilege for a network namespace (not root), the default
+/// policy degrades to the host's network with a warning (the metadata
+/// refusal is then not enforced); any other policy fails the boot.
+fn isolate_network(spec: &SandboxSpec, dir: &Path) -> Result<Option<SandboxNetwork>> {
+    use nix::sched::{CloneFlags, unshare};
+    if !spec.network.enabled {
+        return Ok(None);
+    }
+    // pasta's external side stays in the host's namespace.
+    let host_net = std::fs::File::open("/proc/self/ns/net").map_err(|source| Error::Io {
+        op: "open",
+        path: PathBuf::from("/proc/self/ns/net"),
+        source,
+    })?;
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+        if spec.network.policy == NetworkPolicy::allow_all() {
+            tracing::warn!(error = %e, "no network namespace for the VMM: TSI uses the host's network, the metadata address is not refused");
+            return Ok(None);
+        }
+        return Err(Error::Io {
+            op: "unshare a network namespace (needed to enforce the network policy) at",
+            path: dir.to_path_buf(),
+            source: e.into(),
+        });
+    }
+    let lo = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    if !lo.as_ref().is_ok_and(|s| s.success()) {
+        tracing::warn!(status = ?lo, "cannot bring up lo in the VMM's network namespace");
+    }
+    let mut net = spec.network.clone();
+    for port in &mut net.ports {
+        port.guest_port = port.host_port;
+    }
+    SandboxNetwork::attach_from(std::process::id(), &net, dir, Some(&host_net)).map(Some)
 }
 
 /// The agent's environment variable listing the volumes to mount in init
