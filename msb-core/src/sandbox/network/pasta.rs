@@ -142,7 +142,7 @@ impl Pasta {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        let outer = outer.map(|f| std::os::fd::AsRawFd::as_raw_fd(f));
+        let outer = outer.map(std::os::fd::AsRawFd::as_raw_fd);
         // Runs in the forked child before execve: setns(2), prctl(2) and
         // getppid(2) only, all async-signal-safe.
         let die_with_us = move || {
