@@ -21,31 +21,10 @@ use msb_core::image::registry::manifest::{
 use msb_core::image::registry::{Manifest, Platform};
 use serde_json::{Value, json};
 
-/// xorshift64*: deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
+use test_utils::fuzz::Rng;
 
 fn fuzz_iterations() -> usize {
-    std::env::var("MSB_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_500)
+    test_utils::fuzz::iterations(2_500)
 }
 
 const MEDIA_TYPES: &[&str] = &[
@@ -310,7 +289,7 @@ fn fuzz_manifest_never_panics_and_errors_are_typed() {
     for seed in &seeds {
         assert!(check(&serde_json::to_vec(seed).unwrap(), None), "{seed}");
     }
-    let mut rng = Rng(0x5eed_0f4a_115e_ed00);
+    let mut rng = Rng::new(0x5eed_0f4a_115e_ed00);
     let (mut parsed, mut failed) = (0usize, 0usize);
     for i in 0..iters {
         let mut doc = seeds[rng.below(seeds.len())].clone();
@@ -410,7 +389,7 @@ fn fuzz_auth_challenge_never_panics() {
         r#"bearer realm=x, service="y", error="invalid_token""#,
     ];
     let pieces: &[&str] = &["\"", "\\", ",", "=", " ", "\t", "é", "realm", "Bearer", ""];
-    let mut rng = Rng(0x000c_4a11_e96e);
+    let mut rng = Rng::new(0x000c_4a11_e96e);
     for _ in 0..iters {
         let mut s: Vec<char> = rng.pick(&seeds).chars().collect();
         for _ in 0..=rng.below(4) {

@@ -14,31 +14,10 @@
 use msb_core::Error;
 use msb_core::image::Reference;
 
-/// xorshift64*: deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
+use test_utils::fuzz::Rng;
 
 fn fuzz_iterations() -> usize {
-    std::env::var("MSB_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
+    test_utils::fuzz::iterations(100_000)
 }
 
 const HEX: &[u8] = b"0123456789abcdef";
@@ -207,7 +186,7 @@ fn check(input: &str) -> bool {
 #[test]
 fn fuzz_reference_never_panics_and_round_trips() {
     let iters = fuzz_iterations();
-    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let mut rng = Rng::new(0x0123_4567_89ab_cdef);
     let mut accepted = 0usize;
     let mut rejected = 0usize;
     for i in 0..iters {

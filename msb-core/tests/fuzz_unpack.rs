@@ -28,31 +28,10 @@ use msb_core::image::unpack::{
 };
 use tar::EntryType;
 
-/// xorshift64*: deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
+use test_utils::fuzz::Rng;
 
 fn fuzz_iterations() -> usize {
-    std::env::var("MSB_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_500)
+    test_utils::fuzz::iterations(1_500)
 }
 
 // ---------------------------------------------------------------------------
@@ -731,7 +710,7 @@ fn fuzz_unpack_never_escapes_or_panics() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0xdead_beef_f00d_cafe_u64);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed | 1);
     let (mut ok, mut failed) = (0usize, 0usize);
     for i in 0..iters {
         arena.reset();

@@ -6,6 +6,7 @@
 //!   A test that needs a microVM on a host that cannot run one prints
 //!   `skipped: <reason>` (see [`require_microvm!`]) instead of passing silently.
 
+pub mod fuzz;
 pub mod images;
 pub mod proxy;
 pub mod pull;
