@@ -200,7 +200,7 @@ fn mutate_bytes(rng: &mut Rng, b: &mut Vec<u8>) {
         match rng.below(6) {
             0 if !b.is_empty() => {
                 let at = rng.below(b.len());
-                b[at] = rng.next() as u8;
+                b[at] = rng.next_u64() as u8;
             }
             1 if !b.is_empty() => {
                 let at = rng.below(b.len());

@@ -634,7 +634,7 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, headers: &[usize]) {
                 let h = rng.pick(headers);
                 let at = h + rng.below(512);
                 if h + 512 <= bytes.len() {
-                    let random = rng.next() as u8;
+                    let random = rng.next_u64() as u8;
                     bytes[at] = rng.pick(&[0u8, b'.', b'/', b'1', b'7', b'L', b'x', 0xff, random]);
                     let block: &mut [u8; 512] = (&mut bytes[h..h + 512]).try_into().unwrap();
                     set_cksum(block);
