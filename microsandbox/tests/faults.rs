@@ -346,3 +346,127 @@ fn kill_9_during_exec_leaves_the_sandbox_usable() {
     assert!(ls(home).is_empty());
     assert_nothing_leaked(home, "kill -9 of msb exec");
 }
+
+/// The host pid of the agent of sandbox `name` (the child of its sandbox
+/// process running `/.msb/agent`).
+fn agent_pid(home: &Path, name: &str) -> u32 {
+    let out = msb(home, &["inspect", name]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sandbox_pid = info["pid"].as_u64().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let ppid = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(sandbox_pid) && text(&cmdline).starts_with("/.msb/agent")
+        })
+        .expect("the agent process")
+}
+
+fn status_of(home: &Path, name: &str) -> String {
+    let out = msb(home, &["inspect", name]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["status"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn kill_9_of_the_agent_is_a_crash_with_nothing_left() {
+    let env = env("faults_agent");
+    let home = env.home();
+    let image = env.busybox();
+    let out = msb(home, &["create", "--name", "victim", &image]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let agent = agent_pid(home, "victim");
+    let status = Command::new("kill")
+        .args(["-9", &agent.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The sandbox process notices at once and records the crash.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of(home, "victim") != "crashed" {
+        assert!(
+            Instant::now() < deadline,
+            "still {}",
+            status_of(home, "victim")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_nothing_leaked(home, "kill -9 of the agent");
+    // It can be started again, or removed.
+    let out = msb(home, &["start", "victim"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb(home, &["exec", "victim", "--", "echo", "back"]);
+    assert_eq!(text(&out.stdout), "back\n", "{}", text(&out.stderr));
+    let out = msb(home, &["rm", "--force", "victim"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_nothing_leaked(home, "rm after the agent's crash");
+}
+
+#[test]
+fn kill_9_of_the_creator_during_replace_leaves_a_usable_name() {
+    let env = env("faults_replace");
+    let home = env.home();
+    let image = env.busybox();
+    let out = msb(home, &["create", "--name", "svc", &image]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A process that ignores SIGTERM: replacing waits out the grace.
+    let out = msb(
+        home,
+        &[
+            "exec",
+            "svc",
+            "--",
+            "sh",
+            "-c",
+            "busybox setsid sh -c \"trap '' TERM; sleep 600\" >/dev/null 2>&1 &",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for ms in [0u64, 100, 400, 1500] {
+        let what = format!("kill -9 of msb create --replace after {ms} ms");
+        let mut child = msb_command(
+            home,
+            &[
+                "create",
+                "--name",
+                "svc",
+                "--replace-with-grace",
+                "3",
+                &image,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        kill9(&mut child);
+        // Whatever step it was at, the name is in one consistent state:
+        // listed at most once, and a replace with no grace takes it over.
+        let names = ls(home);
+        assert!(names.len() <= 1, "{what}: {names:?}");
+        let out = msb(
+            home,
+            &[
+                "create",
+                "--name",
+                "svc",
+                "--replace-with-grace",
+                "0",
+                &image,
+            ],
+        );
+        assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+        assert_eq!(status_of(home, "svc"), "running", "{what}");
+    }
+    let out = msb(home, &["rm", "--force", "svc"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_nothing_leaked(home, "replace faults");
+}
