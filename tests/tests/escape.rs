@@ -479,13 +479,21 @@ async fn setuid_inside_gives_no_host_root(env: TestEnv) {
     let path = shell_safe(&secret.path);
     let sb = builder(&env, "esc-suid", &image).create().await.unwrap();
     // As root inside: a setuid-root copy of busybox on the rootfs (/tmp is
-    // nosuid), the classic way back to root for a dropped workload.
+    // nosuid), the classic way back to root for a dropped workload. The
+    // sandbox's seccomp filter refuses new set-id files outright; the copy
+    // stays an ordinary executable for the attempts below.
     let out = sh(
         &sb,
-        "busybox cp /bin/busybox /busybox.suid && busybox chmod 4755 /busybox.suid && busybox ls -ln /busybox.suid",
+        "busybox cp /bin/busybox /busybox.suid && busybox chmod 755 /busybox.suid && \
+         ! busybox chmod 4755 /busybox.suid && ! busybox chmod g+s /busybox.suid && \
+         busybox ls -ln /busybox.suid",
     )
     .await;
-    assert!(out.success(), "{out:?}");
+    assert!(out.success(), "set-id bits refused: {out:?}");
+    assert!(
+        out.stdout_str().contains("-rwxr-xr-x"),
+        "no set-id bit: {out:?}"
+    );
 
     // As nobody: the exec option, or `busybox su` where the agent does not
     // support users yet.
@@ -699,13 +707,10 @@ async fn a_fork_bomb_is_contained(env: TestEnv) {
 
 /// Root inside a sandbox started by root is host uid 0 (the identity map;
 /// see `msb-core`'s `namespace` module), so a file it creates on a
-/// writable bind volume is owned by host root, and a setuid bit it sets
-/// there holds on the host: any host user who can reach the directory
-/// could run it as host root. Known weakness of the namespace backend with
-/// a root caller, not fixable by mount flags (`nosuid` only binds the
-/// sandbox's view); it needs a non-identity map (subordinate ids). Run with
-/// `--ignored` to see it fail.
-#[ignore = "known escape: setuid-root files on writable bind volumes (root caller, identity uid map)"]
+/// writable bind volume is owned by host root: a setuid bit (or a file
+/// capability) set there would hold on the host, for any host user who can
+/// reach the directory. The sandbox's seccomp filter refuses to make set-id
+/// files and file capabilities at all, so none can appear.
 #[msb_test]
 async fn setuid_files_on_a_bind_volume_do_not_give_host_root(env: TestEnv) {
     let image = env.busybox();
@@ -722,6 +727,11 @@ async fn setuid_files_on_a_bind_volume_do_not_give_host_root(env: TestEnv) {
     )
     .await;
     println!("{}", all_output(&out));
+    assert!(
+        all_output(&out).contains("Operation not permitted"),
+        "chmod 4755 refused: {}",
+        all_output(&out)
+    );
     sb.stop_and_wait().await.unwrap();
     use std::os::unix::fs::MetadataExt;
     if let Ok(meta) = std::fs::metadata(host.path().join("busybox.suid")) {

@@ -94,6 +94,7 @@ pub(super) const FIXED_STEPS: &[&str] = &[
     "reset signals",           // 15
     "set parent-death signal", // 16
     "set rlimit",              // 17
+    "install seccomp filter",  // 18
 ];
 const WAIT_MAPS: u32 = 0;
 const SETSID: u32 = 1;
@@ -113,6 +114,7 @@ const EXEC: u32 = 14;
 const SIGNALS: u32 = 15;
 const PDEATHSIG: u32 = 16;
 const RLIMIT: u32 = 17;
+const SECCOMP: u32 = 18;
 
 /// Step codes at or above this are plan operations.
 pub(super) const PLAN_BASE: u32 = 0x1_0000;
@@ -135,6 +137,9 @@ pub(super) struct ChildPlan {
     pub(super) setgroups: bool,
     /// Whether to ask for SIGKILL when the parent thread dies.
     pub(super) die_with_parent: bool,
+    /// The seccomp filter installed right before `execve` (empty: none);
+    /// see [`super::seccomp`].
+    pub(super) seccomp: Vec<libc::sock_filter>,
     pub(super) uid: libc::uid_t,
     pub(super) gid: libc::gid_t,
     /// Resource limits set before the ids are dropped: `(RLIMIT_*, limit)`.
@@ -584,6 +589,31 @@ pub(super) unsafe fn run(plan: &ChildPlan) -> ! {
             err,
             RLIMIT,
             unsafe { libc::setrlimit(*resource as _, limit) }.into(),
+        );
+    }
+
+    // 5b. The seccomp filter, while still root in the sandbox's user
+    //     namespace: that privilege installs it without no_new_privs (which
+    //     would break setuid programs inside). Nothing below needs what it
+    //     refuses.
+    if !plan.seccomp.is_empty() {
+        let prog = libc::sock_fprog {
+            len: plan.seccomp.len() as libc::c_ushort,
+            filter: plan.seccomp.as_ptr().cast_mut(),
+        };
+        check(
+            err,
+            SECCOMP,
+            // SAFETY: `prog` points to the plan's filter, alive in our copy
+            // of the parent's memory; the kernel copies it.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &prog as *const libc::sock_fprog,
+                )
+            }
+            .into(),
         );
     }
 

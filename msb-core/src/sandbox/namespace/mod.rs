@@ -95,6 +95,7 @@
 //! [`crate::sandbox::network`]).
 
 mod child;
+mod seccomp;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Read;
@@ -1051,6 +1052,7 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
         // After `setgroups deny` (unprivileged) setgroups(2) always fails.
         setgroups: euid == 0,
         die_with_parent,
+        seccomp: seccomp::program(),
         uid,
         gid,
         rlimits: rlimits_c,
