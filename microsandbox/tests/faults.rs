@@ -115,18 +115,7 @@ fn rm_all(home: &Path, what: &str) {
     assert!(ls(home).is_empty(), "{what}: sandboxes left");
 }
 
-/// `n` bytes that do not compress.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use test_utils::fuzz::noise;
 
 #[test]
 fn kill_9_during_pull_then_pull_again() {

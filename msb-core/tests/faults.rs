@@ -46,18 +46,7 @@ fn within(puller: &Puller, reference: &str) -> msb_core::Result<PulledImage> {
     })
 }
 
-/// `n` bytes that do not compress.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use test_utils::fuzz::noise;
 
 /// An image of one gzip layer holding `files`.
 fn push(registry: &TestRegistry, name: &str, files: &[(&str, Vec<u8>)]) -> PushedImage {

@@ -41,3 +41,9 @@ pub fn iterations(default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// `n` bytes that do not compress (a fixed function of `seed`).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.next_u64() as u8).collect()
+}

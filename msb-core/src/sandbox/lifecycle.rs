@@ -117,8 +117,7 @@ pub async fn create(
             ready,
         }),
         Err(e) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            end_child(&mut child).await;
             cleanup_leftovers(&dir, &spec.name, spec.backend);
             if let Err(remove) = store.remove(&name) {
                 tracing::warn!(sandbox = %name, error = %remove, "cannot remove a sandbox that failed to boot");
@@ -191,8 +190,7 @@ pub async fn start(home: &Path, name: &SandboxName, options: &CreateOptions) -> 
         Ok(claimed) => claimed,
         Err(e) => {
             // Someone else started it meanwhile, or ours died at once.
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            end_child(&mut child).await;
             return Err(e);
         }
     };
@@ -204,13 +202,18 @@ pub async fn start(home: &Path, name: &SandboxName, options: &CreateOptions) -> 
             ready,
         }),
         Err(e) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            end_child(&mut child).await;
             cleanup_cgroup(name, spec.backend);
             let _ = store.set_final_status(name, &record.instance_id, SandboxStatus::Crashed);
             Err(e)
         }
     }
+}
+
+/// Kills a sandbox process that failed to boot, and reaps it.
+async fn end_child(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
 }
 
 /// Reads the boot report until `ready` or a failure.
