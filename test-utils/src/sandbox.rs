@@ -86,6 +86,27 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// Kills whatever sandbox of this home still runs (a detached one left
+    /// by a failed test) before the home is deleted: no test leaks a
+    /// sandbox process past its own end.
+    fn drop(&mut self) {
+        let Ok(store) = msb_core::sandbox::state::StateStore::open(self.home.path()) else {
+            return;
+        };
+        for record in store.list().unwrap_or_default() {
+            if let Some(process) = record.live_process()
+                && let Ok(pid) = libc::pid_t::try_from(process.pid)
+                && process.is_alive()
+            {
+                // SAFETY: kill(2) with plain integers; the pid was just
+                // checked to be this record's process (pid + start time).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// Runs `test` on a multi-threaded tokio runtime.
 pub fn run<F, Fut>(env: TestEnv, test: F)
 where
