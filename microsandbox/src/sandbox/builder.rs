@@ -503,7 +503,6 @@ fn check_hostname(hostname: &str) -> Result<()> {
     }
 }
 
-/// Soft limits never above hard ones.
 /// Published ports: none without networking, no port 0, each host port
 /// free now (bound and released at once).
 fn check_network(network: &NetworkSpec) -> Result<()> {
@@ -514,15 +513,7 @@ fn check_network(network: &NetworkSpec) -> Result<()> {
         });
     }
     network.check_ports().map_err(|e| match e {
-        msb_core::Error::PortInUse {
-            addr,
-            port,
-            protocol,
-        } => MicrosandboxError::PortInUse {
-            addr,
-            port,
-            protocol,
-        },
+        e @ msb_core::Error::PortInUse { .. } => MicrosandboxError::from_sandbox("", e),
         other => MicrosandboxError::InvalidNetwork {
             what: "ports".into(),
             reason: other.to_string(),
@@ -530,6 +521,7 @@ fn check_network(network: &NetworkSpec) -> Result<()> {
     })
 }
 
+/// Soft limits never above hard ones.
 fn check_rlimits(rlimits: &[RlimitSpec]) -> Result<()> {
     match rlimits.iter().find(|r| r.soft > r.hard) {
         None => Ok(()),

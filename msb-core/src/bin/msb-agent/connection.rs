@@ -148,14 +148,7 @@ async fn dispatch(
                     .await;
             }
             Message::ExecStart(req) => {
-                if !used.insert(stream) {
-                    reply_error(
-                        out,
-                        stream,
-                        ErrorKind::StreamInUse,
-                        "stream id already used",
-                    )
-                    .await;
+                if !claim(&mut used, stream, out).await {
                     continue;
                 }
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -170,14 +163,7 @@ async fn dispatch(
                 ));
             }
             Message::FsRequest(req) => {
-                if !used.insert(stream) {
-                    reply_error(
-                        out,
-                        stream,
-                        ErrorKind::StreamInUse,
-                        "stream id already used",
-                    )
-                    .await;
+                if !claim(&mut used, stream, out).await {
                     continue;
                 }
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -205,6 +191,22 @@ async fn dispatch(
             _ => {}
         }
     }
+}
+
+/// Marks `stream` used; a stream id used before gets `Error{StreamInUse}`
+/// and `false`.
+async fn claim(used: &mut HashSet<u32>, stream: u32, out: &mpsc::Sender<Out>) -> bool {
+    if used.insert(stream) {
+        return true;
+    }
+    reply_error(
+        out,
+        stream,
+        ErrorKind::StreamInUse,
+        "stream id already used",
+    )
+    .await;
+    false
 }
 
 async fn reply_error(out: &mpsc::Sender<Out>, stream: u32, kind: ErrorKind, message: &str) {
