@@ -283,12 +283,14 @@ async fn the_first_commands_output_is_kept_in_the_logs(env: TestEnv) {
     let sb = sandbox(&env, "firstlog").await;
     sb.shell("echo first; echo oops >&2").await.unwrap();
     sb.shell("echo second").await.unwrap();
-    let lines: Vec<String> = sb
+    let mut lines: Vec<String> = sb
         .logs(LogOptions::default().sources([LogSource::FirstCommand]))
         .unwrap()
         .into_iter()
         .map(|l| l.text)
         .collect();
+    // Stdout and stderr are two pipes: their lines may interleave either way.
+    lines.sort();
     assert_eq!(lines, ["first", "oops"]);
     // The console and runtime logs are there too.
     let runtime = sb
