@@ -618,27 +618,26 @@ pub(super) unsafe fn run(plan: &ChildPlan) -> ! {
     }
 
     // 6. Drop to the requested ids (groups first: setgroups and setresgid
-    //    need the privileges setresuid gives up).
+    //    need the privileges setresuid gives up). Raw system calls, not the
+    //    libc wrappers: glibc's broadcast the change to every thread it
+    //    believes the process has, and after a bare clone its thread list is
+    //    still the parent's; with a parent thread half-created at the time
+    //    of the clone, the wrapper waits forever for that thread (seen as a
+    //    hung test run in CI).
     if plan.setgroups {
         // SAFETY: an empty group list.
-        check(
-            err,
-            SETGROUPS,
-            unsafe { libc::setgroups(0, std::ptr::null()) }.into(),
-        );
+        check(err, SETGROUPS, unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+        });
     }
     // SAFETY: plain id arguments.
-    check(
-        err,
-        SETGID,
-        unsafe { libc::setresgid(plan.gid, plan.gid, plan.gid) }.into(),
-    );
+    check(err, SETGID, unsafe {
+        libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid)
+    });
     // SAFETY: plain id arguments.
-    check(
-        err,
-        SETUID,
-        unsafe { libc::setresuid(plan.uid, plan.uid, plan.uid) }.into(),
-    );
+    check(err, SETUID, unsafe {
+        libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid)
+    });
 
     // The parent-death signal is cleared by credential changes, so it is
     // set after them.
