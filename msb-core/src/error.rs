@@ -153,6 +153,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The Docker credential helper `helper` (e.g.
+    /// `docker-credential-desktop`) gave no usable answer for `server`.
+    #[error("credential helper {helper} for {server}: {reason}")]
+    CredentialHelper {
+        /// The helper program's name.
+        helper: String,
+        /// The server URL it was asked about (a registry host, or
+        /// `https://index.docker.io/v1/` for Docker Hub).
+        server: String,
+        /// What went wrong.
+        reason: crate::image::registry::credentials::CredentialHelperErrorKind,
+    },
     /// `platform` is not of the form `os/arch[/variant]`.
     #[error("invalid platform {platform:?}: expected os/arch[/variant]")]
     InvalidPlatform {

@@ -174,12 +174,14 @@ impl RegistryClient {
                 return Err(unauthorized());
             };
             authenticated = true;
+            // Only now, when the registry asks: this may run a credential helper.
+            let credential = inner.credentials.lookup(&endpoint.host).await?;
             let target = AuthTarget {
                 registry: reference.registry(),
                 repository: reference.repository(),
                 host: &endpoint.host,
                 scope: &scope,
-                credential: inner.credentials.get(&endpoint.host),
+                credential: credential.as_ref(),
             };
             tracing::debug!(host = %endpoint.host, %scope, ?challenge, "registry authentication");
             authorization =
