@@ -53,6 +53,7 @@
 //! ```
 
 mod apply;
+mod decode;
 mod resolve;
 mod sys;
 #[cfg(test)]
@@ -321,28 +322,20 @@ impl fmt::Display for LayerFormatErrorKind {
 }
 
 /// Apply one layer, read from `reader` and compressed as `compression`, onto
-/// the directory `root`, streaming (the tar is never copied to disk).
+/// the directory `root`, streaming (the tar is never copied to disk). A
+/// compressed layer is decompressed on a second thread while its entries
+/// are applied.
 ///
 /// Returns what was done. See the [module docs](self) for semantics, the
 /// safety guarantees and why the caller must unpack into a temporary
 /// directory: on error the layer is left partly applied.
 pub fn apply_layer(
     root: &Path,
-    reader: impl Read,
+    reader: impl Read + Send,
     compression: Compression,
     opts: &UnpackOptions,
 ) -> Result<LayerStats> {
-    match compression {
-        Compression::None => apply::apply_tar(root, reader, opts),
-        Compression::Gzip => {
-            apply::apply_tar(root, flate2::read::MultiGzDecoder::new(reader), opts)
-        }
-        Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(reader)
-                .map_err(|e| format_error(None, LayerFormatErrorKind::Corrupt, Some(e)))?;
-            apply::apply_tar(root, decoder, opts)
-        }
-    }
+    decode::decompressed(reader, compression, |tar| apply::apply_tar(root, tar, opts))
 }
 
 /// An [`Error::LayerFormat`], classifying an I/O error from the decoder.
