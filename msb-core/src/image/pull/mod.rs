@@ -4,10 +4,10 @@
 //!  Reference ──resolve──▶ manifest (platform) ──▶ config + layers, in parallel,
 //!      │                                            streamed into the blob store
 //!      │                                            (sha256 checked while writing)
-//!      │                                                 │ layer i committed
-//!      │                                                 ▼ (and 0..i before it)
-//!      └── tag ◀── tree commit ◀── one applier applies layers in order into a
-//!                  (all blobs in)  staging tree, while later layers download
+//!      │                                                 │ bytes as they land
+//!      │                                                 ▼ (see `tail`)
+//!      └── tag ◀── tree commit ◀── one applier unpacks the layers, in order,
+//!                  (all blobs in)  into a staging tree while they download
 //! ```
 //!
 //! Every step is restartable and leaves nothing half-written: blobs are
@@ -28,14 +28,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
+
+use self::tail::{AbortOnDrop, Tail};
 
 use super::registry::{Descriptor, Platform, Progress, ProgressSink, RegistryClient};
 use super::store::{BlobWriter, ImageMeta, ImageStore, PullPolicy};
 use super::unpack::{Compression, UnpackOptions, apply_layer};
 use super::{Digest, Reference};
 use crate::{Error, Result};
+
+mod tail;
 
 /// How to pull.
 #[derive(Clone, Default)]
@@ -205,10 +209,9 @@ impl Puller {
 
     /// Downloads `blobs` (the config, then the layers) into the store, all at
     /// once, while one blocking applier unpacks the layers, in order, into a
-    /// staging tree: layer `i` is applied as soon as layers `0..=i` are
-    /// downloaded, verified and committed, so unpacking overlaps the
-    /// downloads still running. The tree is committed only once every blob
-    /// (the config included) is in the store.
+    /// staging tree, each as its bytes arrive (a [`Tail`] per layer). The
+    /// tree is committed only once every blob (the config included) is
+    /// verified and in the store.
     ///
     /// Any error stops everything else and is returned once no work on the
     /// pull's behalf is left running: downloads are cancelled at their
@@ -224,14 +227,16 @@ impl Puller {
     ) -> Result<FetchedTree> {
         let started = Instant::now();
         let layers: Vec<Descriptor> = blobs[1..].to_vec();
+        let tails: Vec<Arc<Tail>> = layers.iter().map(|_| Tail::new()).collect();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let cancelled = Arc::new(AtomicBool::new(false));
-        let (steps_tx, steps_rx) = mpsc::unbounded_channel();
-        let mut steps = Some(steps_tx);
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let mut commit = Some(commit_tx);
         let mut applier = Some(self.spawn_applier(
             manifest.clone(),
-            layers.clone(),
-            steps_rx,
+            layers,
+            tails.clone(),
+            commit_rx,
             cancelled.clone(),
         ));
 
@@ -241,10 +246,18 @@ impl Puller {
                 (self.client.clone(), self.store.clone(), reference.clone());
             let (descriptor, progress, cancel) =
                 (descriptor.clone(), progress.clone(), cancel_rx.clone());
+            let tail = index.checked_sub(1).map(|layer| tails[layer].clone());
+            let cancelled = cancelled.clone();
             tasks.spawn(async move {
-                download_blob(client, store, reference, descriptor, progress, cancel)
-                    .await
-                    .map(|done| done.then_some(index))
+                let download = Download {
+                    client,
+                    store,
+                    reference,
+                    descriptor,
+                    progress,
+                    tail,
+                };
+                download.run(cancel, cancelled).await
             });
         }
 
@@ -252,18 +265,20 @@ impl Puller {
         let mut panicked = None;
         let fail = |e: Option<Error>,
                     first_error: &mut Option<Error>,
-                    steps: &mut Option<mpsc::UnboundedSender<Step>>| {
+                    commit: &mut Option<oneshot::Sender<()>>| {
             if first_error.is_none() {
                 *first_error = e;
             }
             cancelled.store(true, Ordering::SeqCst);
             let _ = cancel_tx.send(true);
-            // Closing the channel without `Step::Commit` tells the applier
-            // to drop the staging tree.
-            *steps = None;
+            // Wake an applier waiting for bytes that will not come.
+            for tail in &tails {
+                tail.abort();
+            }
+            // Dropping the sender without a commit tells the applier to drop
+            // the staging tree.
+            *commit = None;
         };
-        let mut downloaded = vec![false; layers.len()];
-        let mut next_layer = 0;
         let mut download = None;
         let mut outcome = None;
         while !tasks.is_empty() || applier.is_some() {
@@ -271,33 +286,24 @@ impl Puller {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     match joined {
                         // Cancelled after another error, which wins.
-                        Ok(Ok(None)) => {}
-                        Ok(Ok(Some(index))) => {
-                            if let Some(layer) = index.checked_sub(1) {
-                                downloaded[layer] = true;
-                            }
-                            while next_layer < layers.len() && downloaded[next_layer] {
-                                if let Some(tx) = &steps {
-                                    // The applier may have finished early (tree
-                                    // already present): nothing to tell it.
-                                    let _ = tx.send(Step::Apply(next_layer));
-                                }
-                                next_layer += 1;
-                            }
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => {
                             if tasks.is_empty() {
                                 download = Some(started.elapsed());
-                                if let Some(tx) = steps.take() {
-                                    let _ = tx.send(Step::Commit);
+                                if let Some(tx) = commit.take() {
+                                    // The applier may have finished early (tree
+                                    // already present): nothing to tell it.
+                                    let _ = tx.send(());
                                 }
                             }
                         }
-                        Ok(Err(e)) => fail(Some(e), &mut first_error, &mut steps),
+                        Ok(Err(e)) => fail(Some(e), &mut first_error, &mut commit),
                         // Downloads are cancelled cooperatively, never
                         // aborted; a JoinSet only cancels on drop.
                         Err(e) if e.is_cancelled() => {}
                         Err(e) => {
                             panicked.get_or_insert(e.into_panic());
-                            fail(None, &mut first_error, &mut steps);
+                            fail(None, &mut first_error, &mut commit);
                         }
                     }
                 }
@@ -312,10 +318,10 @@ impl Puller {
                         Ok(Ok(Some(applied))) => outcome = Some(applied),
                         // Stopped because a download failed: that error wins.
                         Ok(Ok(None)) => {}
-                        Ok(Err(e)) => fail(Some(e), &mut first_error, &mut steps),
+                        Ok(Err(e)) => fail(Some(e), &mut first_error, &mut commit),
                         Err(e) => {
                             panicked.get_or_insert(e.into_panic());
-                            fail(None, &mut first_error, &mut steps);
+                            fail(None, &mut first_error, &mut commit);
                         }
                     }
                 }
@@ -335,16 +341,19 @@ impl Puller {
         })
     }
 
-    /// Starts the applier: on a blocking thread, it applies each
-    /// [`Step::Apply`] layer into a staging tree and commits the tree on
-    /// [`Step::Commit`]. Returns the tree and the time spent from the first
-    /// layer to the commit, or `None` if the channel closed before
-    /// `Commit` (the pull failed elsewhere; the staging tree is dropped).
+    /// Starts the applier: on a blocking thread, it unpacks each layer in
+    /// order into a staging tree, reading it through its [`Tail`] as it
+    /// downloads, then waits for `commit` (every blob verified and in the
+    /// store) and commits the tree. Returns the tree and the time from the
+    /// first layer to the commit, or `None` if the pull was cancelled or
+    /// `commit` dropped (the pull failed elsewhere; the staging tree is
+    /// dropped).
     fn spawn_applier(
         &self,
         manifest: Digest,
         layers: Vec<Descriptor>,
-        mut steps: mpsc::UnboundedReceiver<Step>,
+        tails: Vec<Arc<Tail>>,
+        commit: oneshot::Receiver<()>,
         cancelled: Arc<AtomicBool>,
     ) -> tokio::task::JoinHandle<Result<Option<(PathBuf, Duration)>>> {
         let store = self.store.clone();
@@ -363,48 +372,28 @@ impl Puller {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut build = None;
-            let mut started = None;
-            let mut applied = 0;
-            while let Some(step) = steps.blocking_recv() {
-                let index = match step {
-                    Step::Apply(index) => index,
-                    Step::Commit => {
-                        let build = match build {
-                            Some(build) if applied == layers.len() => build,
-                            // An image without layers.
-                            None if layers.is_empty() => store.begin_tree(&manifest)?,
-                            _ => unreachable!("commit before every layer was applied"),
-                        };
-                        let started = *started.get_or_insert_with(Instant::now);
-                        let rootfs = build.commit()?;
-                        return Ok(Some((rootfs, started.elapsed())));
-                    }
-                };
-                debug_assert_eq!(index, applied, "layers arrive in order");
+            let started = Instant::now();
+            let build = store.begin_tree(&manifest)?;
+            for ((layer, tail), compression) in layers.iter().zip(&tails).zip(compressions) {
                 if cancelled.load(Ordering::SeqCst) {
                     return Ok(None);
                 }
-                started.get_or_insert_with(Instant::now);
-                if build.is_none() {
-                    build = Some(store.begin_tree(&manifest)?);
-                }
-                let root = build.as_ref().expect("just set").path();
-                let layer = &layers[index];
-                let file = store.open_blob(&layer.digest)?;
                 let reader = CancellableReader {
-                    inner: std::io::BufReader::with_capacity(1 << 20, file),
+                    inner: std::io::BufReader::with_capacity(1 << 20, tail.reader()),
                     cancelled: &cancelled,
                 };
-                let stats = apply_layer(root, reader, compressions[index], &options);
+                let stats = apply_layer(build.path(), reader, compression, &options);
                 if cancelled.load(Ordering::SeqCst) {
                     return Ok(None);
                 }
                 tracing::debug!(digest = %layer.digest, stats = ?stats.as_ref().ok(), "applied layer");
                 stats?;
-                applied += 1;
             }
-            Ok(None)
+            if commit.blocking_recv().is_err() {
+                return Ok(None);
+            }
+            let rootfs = build.commit()?;
+            Ok(Some((rootfs, started.elapsed())))
         })
     }
 }
@@ -418,22 +407,32 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// Adapts a [`BlobWriter`] (a local file) to [`AsyncWrite`]. Writes go
 /// straight to the page cache in chunks of at most one network read, which
-/// is cheap enough not to warrant a thread hop per chunk.
-struct BlobSink {
+/// is cheap enough not to warrant a thread hop per chunk. Each write tells
+/// the layer's [`Tail`] how far the file now goes.
+struct BlobSink<'t> {
     writer: BlobWriter,
+    tail: Option<&'t Tail>,
 }
 
-impl AsyncWrite for BlobSink {
+impl AsyncWrite for BlobSink<'_> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(self.writer.write(buf))
+        let written = self.writer.write(buf);
+        if let Some(tail) = self.tail {
+            tail.advance(self.writer.flushed());
+        }
+        Poll::Ready(written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(self.writer.flush())
+        let flushed = self.writer.flush();
+        if let Some(tail) = self.tail {
+            tail.advance(self.writer.flushed());
+        }
+        Poll::Ready(flushed)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -451,58 +450,83 @@ struct FetchedTree {
     unpack: Duration,
 }
 
-/// What the applier is told to do, in order.
-enum Step {
-    /// Apply layer `i` (all earlier layers were sent before).
-    Apply(usize),
-    /// Every blob is in the store: commit the tree.
-    Commit,
-}
-
-/// Downloads one blob into the store unless it is there already. Returns
-/// `false` if `cancel` stopped it (nothing is left behind).
-///
-/// Only the network part is cancellable: the store calls (`begin_blob`,
-/// `commit`) run on blocking threads, and a cancelled `spawn_blocking`
-/// would run on detached, so they are always awaited to the end.
-async fn download_blob(
+/// One blob to download into the store.
+struct Download {
     client: RegistryClient,
     store: ImageStore,
     reference: Reference,
     descriptor: Descriptor,
     progress: Option<Arc<dyn ProgressSink>>,
-    mut cancel: watch::Receiver<bool>,
-) -> Result<bool> {
-    let (digest, size) = (descriptor.digest, descriptor.size);
-    let d = digest.clone();
-    let writer = blocking(move || store.begin_blob(&d, Some(size))).await?;
-    if writer.already_present() {
-        if let Some(sink) = &progress {
-            sink.progress(Progress {
-                digest: digest.clone(),
-                downloaded: size,
-                total: Some(size),
-            });
+    /// For a layer: where the applier follows the download.
+    tail: Option<Arc<Tail>>,
+}
+
+impl Download {
+    /// Downloads the blob into the store unless it is there already.
+    /// Returns `false` if `cancel` stopped it (nothing is left behind).
+    /// Whatever way it ends, the tail is completed, or aborted with the
+    /// pull marked `cancelled`.
+    ///
+    /// Only the network part is cancellable: the store calls (`begin_blob`,
+    /// `commit`) run on blocking threads, and a cancelled `spawn_blocking`
+    /// would run on detached, so they are always awaited to the end.
+    async fn run(
+        self,
+        mut cancel: watch::Receiver<bool>,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<bool> {
+        let Self {
+            client,
+            store,
+            reference,
+            descriptor,
+            progress,
+            tail,
+        } = self;
+        let mut guard = AbortOnDrop { tail, cancelled };
+        let (digest, size) = (descriptor.digest, descriptor.size);
+        let d = digest.clone();
+        let writer = blocking(move || store.begin_blob(&d, Some(size))).await?;
+        if let Some(tail) = &guard.tail {
+            tail.start(writer.open_reader()?, 0);
         }
-        return Ok(true);
+        if writer.already_present() {
+            if let Some(sink) = &progress {
+                sink.progress(Progress {
+                    digest: digest.clone(),
+                    downloaded: size,
+                    total: Some(size),
+                });
+            }
+            if let Some(tail) = guard.tail.take() {
+                tail.complete(size);
+            }
+            return Ok(true);
+        }
+        if *cancel.borrow() {
+            return Ok(false);
+        }
+        let mut sink = BlobSink {
+            writer,
+            tail: guard.tail.as_deref(),
+        };
+        let downloaded = tokio::select! {
+            result = client.download_blob(&reference, &digest, Some(size), &mut sink, progress.as_deref()) => Some(result),
+            // Also taken if the sender is gone: the pull itself was dropped.
+            _ = cancel.wait_for(|cancelled| *cancelled) => None,
+        };
+        let Some(result) = downloaded else {
+            // Dropping the writer removes its temp file.
+            return Ok(false);
+        };
+        result?;
+        let BlobSink { writer, .. } = sink;
+        blocking(move || writer.commit()).await?;
+        if let Some(tail) = guard.tail.take() {
+            tail.complete(size);
+        }
+        Ok(true)
     }
-    if *cancel.borrow() {
-        return Ok(false);
-    }
-    let mut sink = BlobSink { writer };
-    let downloaded = tokio::select! {
-        result = client.download_blob(&reference, &digest, Some(size), &mut sink, progress.as_deref()) => Some(result),
-        // Also taken if the sender is gone: the pull itself was dropped.
-        _ = cancel.wait_for(|cancelled| *cancelled) => None,
-    };
-    let Some(result) = downloaded else {
-        // Dropping the writer removes its temp file.
-        return Ok(false);
-    };
-    result?;
-    let BlobSink { writer } = sink;
-    blocking(move || writer.commit()).await?;
-    Ok(true)
 }
 
 /// Fails reads once the pull is cancelled, so that an applier in the middle

@@ -224,6 +224,29 @@ impl BlobWriter {
         }
     }
 
+    /// Bytes that have reached the file so far: [`written`](Self::written)
+    /// less what is still buffered in memory.
+    pub fn flushed(&self) -> u64 {
+        match &self.state {
+            State::Present => 0,
+            State::Writing(p) => p.written - p.file.buffer().len() as u64,
+        }
+    }
+
+    /// A second handle on the content, for reading it while it is written:
+    /// the temp file (which stays readable through this handle after the
+    /// commit renames it), or the blob itself when it is already present.
+    /// Read no further than [`flushed`](Self::flushed) bytes before the
+    /// commit: the rest is not in the file yet, and nothing is verified
+    /// before the commit.
+    pub fn open_reader(&self) -> Result<File> {
+        let path = match &self.state {
+            State::Writing(p) => &p.tmp,
+            State::Present => &self.final_path,
+        };
+        File::open(path).map_err(io_err("open blob for reading", path))
+    }
+
     /// The store error inside an `io::Error` from [`Write`], if it carries one
     /// (a write past the expected size), else [`Error::Io`].
     pub fn write_error(&self, e: io::Error) -> Error {
