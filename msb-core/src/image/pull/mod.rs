@@ -511,7 +511,8 @@ impl Download {
             tail: guard.tail.as_deref(),
         };
         let downloaded = tokio::select! {
-            result = client.download_blob(&reference, &digest, Some(size), &mut sink, progress.as_deref()) => Some(result),
+            // The store's writer checks the digest at its commit, below.
+            result = client.download_blob_to_verifier(&reference, &digest, Some(size), &mut sink, progress.as_deref()) => Some(result),
             // Also taken if the sender is gone: the pull itself was dropped.
             _ = cancel.wait_for(|cancelled| *cancelled) => None,
         };

@@ -174,7 +174,8 @@ struct Download<'a> {
     digest: &'a Digest,
     total: Option<u64>,
     got: u64,
-    hasher: Hasher,
+    /// `None` when the writer verifies the digest.
+    hasher: Option<Hasher>,
     progress: Option<&'a dyn ProgressSink>,
     reported: u64,
 }
@@ -209,11 +210,43 @@ impl RegistryClient {
         writer: &mut W,
         progress: Option<&dyn ProgressSink>,
     ) -> Result<u64> {
+        let hasher = Some(Hasher::new(digest.algorithm()));
+        self.download(reference, digest, size, writer, progress, hasher)
+            .await
+    }
+
+    /// [`download_blob`](Self::download_blob) into a writer that checks the
+    /// digest itself, as the blob store's writer does when it commits: the
+    /// bytes are hashed once, not twice. Whoever calls this must commit
+    /// through that check.
+    pub(crate) async fn download_blob_to_verifier<W: AsyncWrite + Unpin + Send>(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: Option<u64>,
+        writer: &mut W,
+        progress: Option<&dyn ProgressSink>,
+    ) -> Result<u64> {
+        self.download(reference, digest, size, writer, progress, None)
+            .await
+    }
+
+    /// Downloads into `writer`, resuming and retrying; checks the digest
+    /// when given a `hasher`.
+    async fn download<W: AsyncWrite + Unpin + Send>(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: Option<u64>,
+        writer: &mut W,
+        progress: Option<&dyn ProgressSink>,
+        hasher: Option<Hasher>,
+    ) -> Result<u64> {
         let mut state = Download {
             digest,
             total: size,
             got: 0,
-            hasher: Hasher::new(digest.algorithm()),
+            hasher,
             progress,
             reported: 0,
         };
@@ -260,12 +293,14 @@ impl RegistryClient {
             path: PathBuf::from(digest.to_string()),
             source,
         })?;
-        let actual = state.hasher.clone().finish();
-        if &actual != digest {
-            return Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
+        if let Some(hasher) = state.hasher.take() {
+            let actual = hasher.finish();
+            if &actual != digest {
+                return Err(Error::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
         }
         state.report(true);
         Ok(state.got)
@@ -407,7 +442,9 @@ impl RegistryClient {
                     source,
                 })
             })?;
-            state.hasher.update(data);
+            if let Some(hasher) = &mut state.hasher {
+                hasher.update(data);
+            }
             state.got += data.len() as u64;
             state.report(false);
         }
