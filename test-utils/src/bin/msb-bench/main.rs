@@ -517,9 +517,11 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
         correctness.ours,
     );
     println!(
-        "runs   {runs} measured{}, all on 127.0.0.1, {} CPUs",
+        "runs   {runs} measured{}, all on 127.0.0.1, {} CPUs, trees on {} ({}; set TMPDIR to move them)",
         if warmup { " (+1 warm-up)" } else { "" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        scratch.path().display(),
+        fs_type(scratch.path()),
     );
     println!();
     println!(
@@ -696,6 +698,19 @@ fn on_path(name: &str) -> bool {
 
 /// Removes `dir`, making read-only directories writable first if need be
 /// (unpacked trees keep the image's modes).
+/// The file system type of `dir` as `stat -f` names it (`ext2/ext3` for
+/// ext4, `tmpfs`), or `unknown`.
+fn fs_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn remove_tree(dir: &Path) -> Result<()> {
     if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
         return Ok(());
