@@ -134,7 +134,7 @@ fn spawn_process(spec: &SandboxSpec, dir: &Path, options: &CreateOptions) -> Res
     spec.write_to(dir)?;
     let marker = dir.join(DETACHED_MARKER);
     if options.detached {
-        std::fs::write(&marker, b"").map_err(io("create", marker))?;
+        std::fs::write(&marker, spec.instance_id.as_bytes()).map_err(io("create", marker))?;
     } else if let Err(e) = std::fs::remove_file(&marker)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -510,7 +510,7 @@ pub fn remove(store: &StateStore, name: &SandboxName, instance: Option<&str>) ->
 pub fn detach(store: &StateStore, name: &SandboxName, instance: &str) -> Result<()> {
     record_of(store, name, instance)?;
     let marker = store.sandbox_dir(name).join(DETACHED_MARKER);
-    std::fs::write(&marker, b"").map_err(|source| Error::Io {
+    std::fs::write(&marker, instance.as_bytes()).map_err(|source| Error::Io {
         op: "create",
         path: marker,
         source,

@@ -21,7 +21,8 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const CONSOLE_LOG: &str = "console.log";
 /// The sandbox process's own log (its stderr).
 pub const RUNTIME_LOG: &str = "runtime.log";
-/// Present when the sandbox outlives its creator (see [`SandboxSpec::creator`]).
+/// Present when the sandbox outlives its creator (see [`SandboxSpec::creator`]);
+/// holds the instance id it applies to.
 pub const DETACHED_MARKER: &str = "detached";
 /// The guest vsock port the agent listens on in a microVM.
 pub const AGENT_VSOCK_PORT: u32 = 2695;

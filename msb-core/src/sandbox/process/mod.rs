@@ -115,7 +115,11 @@ async fn creator_gone(spec: &SandboxSpec, dir: &Path) {
     if let Ok(Some(process)) = PinnedProcess::open(creator) {
         let _ = process.exited().await;
     }
-    if dir.join(DETACHED_MARKER).exists() {
+    // The marker names the instance it detaches: a sandbox process whose
+    // creator died before recording it must not take a later instance's
+    // marker, in the same directory, for its own and run on unrecorded.
+    let marker = std::fs::read_to_string(dir.join(DETACHED_MARKER)).unwrap_or_default();
+    if marker == spec.instance_id {
         tracing::info!("creator exited; the sandbox is detached and keeps running");
         return std::future::pending().await;
     }
