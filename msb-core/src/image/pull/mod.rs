@@ -31,7 +31,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use self::tail::{AbortOnDrop, Tail};
+use self::tail::{Tail, Tails};
 
 use super::registry::{Descriptor, Platform, Progress, ProgressSink, RegistryClient};
 use super::store::{BlobWriter, ImageMeta, ImageStore, PullPolicy};
@@ -227,7 +227,7 @@ impl Puller {
     ) -> Result<FetchedTree> {
         let started = Instant::now();
         let layers: Vec<Descriptor> = blobs[1..].to_vec();
-        let tails: Vec<Arc<Tail>> = layers.iter().map(|_| Tail::new()).collect();
+        let tails = Tails::new(layers.len());
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let cancelled = Arc::new(AtomicBool::new(false));
         let (commit_tx, commit_rx) = oneshot::channel();
@@ -235,7 +235,7 @@ impl Puller {
         let mut applier = Some(self.spawn_applier(
             manifest.clone(),
             layers,
-            tails.clone(),
+            tails.all(),
             commit_rx,
             cancelled.clone(),
         ));
@@ -246,8 +246,7 @@ impl Puller {
                 (self.client.clone(), self.store.clone(), reference.clone());
             let (descriptor, progress, cancel) =
                 (descriptor.clone(), progress.clone(), cancel_rx.clone());
-            let tail = index.checked_sub(1).map(|layer| tails[layer].clone());
-            let cancelled = cancelled.clone();
+            let tail = index.checked_sub(1).map(|layer| tails.get(layer));
             tasks.spawn(async move {
                 let download = Download {
                     client,
@@ -257,7 +256,7 @@ impl Puller {
                     progress,
                     tail,
                 };
-                download.run(cancel, cancelled).await
+                download.run(cancel).await
             });
         }
 
@@ -271,10 +270,9 @@ impl Puller {
             }
             cancelled.store(true, Ordering::SeqCst);
             let _ = cancel_tx.send(true);
-            // Wake an applier waiting for bytes that will not come.
-            for tail in &tails {
-                tail.abort();
-            }
+            // Wake an applier waiting for bytes that will not come (after
+            // `cancelled`: the applier then knows this error is the one).
+            tails.abort_all();
             // Dropping the sender without a commit tells the applier to drop
             // the staging tree.
             *commit = None;
@@ -464,17 +462,13 @@ struct Download {
 impl Download {
     /// Downloads the blob into the store unless it is there already.
     /// Returns `false` if `cancel` stopped it (nothing is left behind).
-    /// Whatever way it ends, the tail is completed, or aborted with the
-    /// pull marked `cancelled`.
+    /// A layer's tail is completed once the blob is committed; on failure
+    /// the pull aborts it.
     ///
     /// Only the network part is cancellable: the store calls (`begin_blob`,
     /// `commit`) run on blocking threads, and a cancelled `spawn_blocking`
     /// would run on detached, so they are always awaited to the end.
-    async fn run(
-        self,
-        mut cancel: watch::Receiver<bool>,
-        cancelled: Arc<AtomicBool>,
-    ) -> Result<bool> {
+    async fn run(self, mut cancel: watch::Receiver<bool>) -> Result<bool> {
         let Self {
             client,
             store,
@@ -483,12 +477,11 @@ impl Download {
             progress,
             tail,
         } = self;
-        let mut guard = AbortOnDrop { tail, cancelled };
         let (digest, size) = (descriptor.digest, descriptor.size);
         let d = digest.clone();
         let writer = blocking(move || store.begin_blob(&d, Some(size))).await?;
-        if let Some(tail) = &guard.tail {
-            tail.start(writer.open_reader()?, 0);
+        if let Some(tail) = &tail {
+            tail.start(writer.open_reader()?);
         }
         if writer.already_present() {
             if let Some(sink) = &progress {
@@ -498,32 +491,29 @@ impl Download {
                     total: Some(size),
                 });
             }
-            if let Some(tail) = guard.tail.take() {
-                tail.complete(size);
+        } else {
+            if *cancel.borrow() {
+                return Ok(false);
             }
-            return Ok(true);
+            let mut sink = BlobSink {
+                writer,
+                tail: tail.as_deref(),
+            };
+            let downloaded = tokio::select! {
+                // The store's writer checks the digest at its commit, below.
+                result = client.download_blob_to_verifier(&reference, &digest, Some(size), &mut sink, progress.as_deref()) => Some(result),
+                // Also taken if the sender is gone: the pull itself was dropped.
+                _ = cancel.wait_for(|cancelled| *cancelled) => None,
+            };
+            let Some(result) = downloaded else {
+                // Dropping the writer removes its temp file.
+                return Ok(false);
+            };
+            result?;
+            let BlobSink { writer, .. } = sink;
+            blocking(move || writer.commit()).await?;
         }
-        if *cancel.borrow() {
-            return Ok(false);
-        }
-        let mut sink = BlobSink {
-            writer,
-            tail: guard.tail.as_deref(),
-        };
-        let downloaded = tokio::select! {
-            // The store's writer checks the digest at its commit, below.
-            result = client.download_blob_to_verifier(&reference, &digest, Some(size), &mut sink, progress.as_deref()) => Some(result),
-            // Also taken if the sender is gone: the pull itself was dropped.
-            _ = cancel.wait_for(|cancelled| *cancelled) => None,
-        };
-        let Some(result) = downloaded else {
-            // Dropping the writer removes its temp file.
-            return Ok(false);
-        };
-        result?;
-        let BlobSink { writer, .. } = sink;
-        blocking(move || writer.commit()).await?;
-        if let Some(tail) = guard.tail.take() {
+        if let Some(tail) = tail {
             tail.complete(size);
         }
         Ok(true)

@@ -3,7 +3,8 @@
 //! A [`Tail`] is shared by one layer's download and the applier. The
 //! download announces the blob's readable handle ([`Tail::start`]), how many
 //! bytes have reached the file ([`Tail::advance`]), and how it ended
-//! ([`Tail::complete`] once committed, [`Tail::abort`] otherwise); a
+//! ([`Tail::complete`] once committed; the pull aborts them all when it
+//! fails or goes away, see [`Tails`]); a
 //! [`TailReader`] reads up to the announced length and waits for more, so a
 //! layer is unpacked as it arrives instead of after its last byte.
 //!
@@ -14,7 +15,6 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// One layer's download, as the applier sees it.
@@ -60,13 +60,9 @@ impl Tail {
         self.changed.notify_all();
     }
 
-    /// The download began: `file` reads its content, `available` bytes of
-    /// which are there already.
-    pub(super) fn start(&self, file: File, available: u64) {
-        self.update(|s| {
-            s.file = Some(Arc::new(file));
-            s.available = available;
-        });
+    /// The download began: `file` reads its content as it lands.
+    pub(super) fn start(&self, file: File) {
+        self.update(|s| s.file = Some(Arc::new(file)));
     }
 
     /// `available` bytes have reached the file.
@@ -160,23 +156,40 @@ impl Read for TailReader {
     }
 }
 
-/// Aborts its tail when dropped, unless the download completed it: every
-/// way out of a download (error, cancellation, a dropped future) ends the
-/// applier's wait. It marks the pull `cancelled` first, so that the
-/// applier, woken with an error, knows the download's own error is the one
-/// to report.
+/// The tails of one pull's layers. Aborting them is what ends the
+/// applier's waits: [`Tails::abort_all`] when the pull fails, and on drop,
+/// so that a pull dropped half-way (even before a download task first ran)
+/// never leaves the applier waiting for bytes that will not come.
 #[derive(Debug)]
-pub(super) struct AbortOnDrop {
-    pub(super) tail: Option<Arc<Tail>>,
-    pub(super) cancelled: Arc<AtomicBool>,
-}
+pub(super) struct Tails(Vec<Arc<Tail>>);
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(tail) = &self.tail {
-            self.cancelled.store(true, Ordering::SeqCst);
+impl Tails {
+    /// `n` tails of downloads not started yet.
+    pub(super) fn new(n: usize) -> Self {
+        Self((0..n).map(|_| Tail::new()).collect())
+    }
+
+    /// Layer `i`'s tail.
+    pub(super) fn get(&self, i: usize) -> Arc<Tail> {
+        self.0[i].clone()
+    }
+
+    /// Every tail, for the applier.
+    pub(super) fn all(&self) -> Vec<Arc<Tail>> {
+        self.0.clone()
+    }
+
+    /// Fails every reader still waiting (completed tails stay complete).
+    pub(super) fn abort_all(&self) {
+        for tail in &self.0 {
             tail.abort();
         }
+    }
+}
+
+impl Drop for Tails {
+    fn drop(&mut self) {
+        self.abort_all();
     }
 }
 
@@ -199,7 +212,7 @@ mod tests {
             reader.read_to_end(&mut out).map(|_| out)
         });
         std::thread::sleep(Duration::from_millis(20));
-        tail.start(File::open(&path).unwrap(), 0);
+        tail.start(File::open(&path).unwrap());
         let mut sent = Vec::new();
         for i in 0..50u32 {
             let chunk = i.to_le_bytes().repeat(100);
@@ -215,20 +228,20 @@ mod tests {
     }
 
     #[test]
-    fn an_aborted_download_fails_a_waiting_reader() {
-        let tail = Tail::new();
+    fn dropping_the_tails_fails_a_waiting_reader() {
+        let tails = Tails::new(2);
+        let (tail, done) = (tails.get(0), tails.get(1));
+        done.complete(0);
         let mut reader = tail.reader();
         let waiting = std::thread::spawn(move || reader.read(&mut [0; 8]));
         std::thread::sleep(Duration::from_millis(20));
-        let cancelled = Arc::new(AtomicBool::new(false));
-        drop(AbortOnDrop {
-            tail: Some(tail.clone()),
-            cancelled: cancelled.clone(),
-        });
+        drop(tails);
         assert!(waiting.join().unwrap().is_err());
-        assert!(cancelled.load(Ordering::SeqCst));
-        // Completion after an abort changes nothing.
+        // Completion after an abort changes nothing; an abort after
+        // completion neither.
         tail.complete(10);
         assert!(tail.reader().read(&mut [0; 8]).is_err());
+        done.start(tempfile::tempfile().unwrap());
+        assert_eq!(done.reader().read(&mut [0; 8]).unwrap(), 0);
     }
 }
