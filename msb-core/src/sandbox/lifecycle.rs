@@ -134,7 +134,7 @@ fn spawn_process(spec: &SandboxSpec, dir: &Path, options: &CreateOptions) -> Res
     spec.write_to(dir)?;
     let marker = dir.join(DETACHED_MARKER);
     if options.detached {
-        std::fs::write(&marker, spec.instance_id.as_bytes()).map_err(io("create", marker))?;
+        mark_detached(dir, &spec.instance_id)?;
     } else if let Err(e) = std::fs::remove_file(&marker)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -509,7 +509,15 @@ pub fn remove(store: &StateStore, name: &SandboxName, instance: Option<&str>) ->
 /// Marks the sandbox as detached: it keeps running when its creator exits.
 pub fn detach(store: &StateStore, name: &SandboxName, instance: &str) -> Result<()> {
     record_of(store, name, instance)?;
-    let marker = store.sandbox_dir(name).join(DETACHED_MARKER);
+    mark_detached(&store.sandbox_dir(name), instance)
+}
+
+/// Writes the detached marker of `instance` into the sandbox directory
+/// `dir`: the marker names its instance, so that a sandbox process left
+/// from an earlier instance in the same directory never takes it for its
+/// own.
+fn mark_detached(dir: &Path, instance: &str) -> Result<()> {
+    let marker = dir.join(DETACHED_MARKER);
     std::fs::write(&marker, instance.as_bytes()).map_err(|source| Error::Io {
         op: "create",
         path: marker,
