@@ -192,21 +192,17 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
+        let mut texts = || -> Vec<String> {
+            follower
+                .poll()
+                .unwrap()
+                .into_iter()
+                .map(|l| l.text)
+                .collect()
+        };
         f.write_all(b"d\ne").unwrap();
-        let texts: Vec<_> = follower
-            .poll()
-            .unwrap()
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
-        assert_eq!(texts, ["d"]);
+        assert_eq!(texts(), ["d"]);
         f.write_all(b"!\n").unwrap();
-        let texts: Vec<_> = follower
-            .poll()
-            .unwrap()
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
-        assert_eq!(texts, ["e!"]);
+        assert_eq!(texts(), ["e!"]);
     }
 }
