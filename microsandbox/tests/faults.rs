@@ -8,33 +8,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use test_utils::images::{Compression, ImageBuilder, LayerBuilder};
 use test_utils::proxy::FaultyProxy;
-use test_utils::sandbox::{Requirement, TestEnv};
 
-fn msb_command(home: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msb"));
-    cmd.args(args)
-        .env("MSB_HOME", home)
-        .env("MSB_ISOLATION", "namespace")
-        .stdin(Stdio::null());
-    cmd
-}
+mod common;
 
-fn msb(home: &Path, args: &[&str]) -> Output {
-    msb_command(home, args).output().expect("run msb")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn env(name: &str) -> TestEnv {
-    TestEnv::for_test(name, Requirement::Any).expect("no microVM needed")
-}
+use common::{env, msb, msb_command, msb_ok, text};
 
 /// SIGKILL and reap.
 fn kill9(child: &mut Child) {
@@ -228,8 +210,7 @@ fn kill_9_of_the_creator_during_boot_stops_the_sandbox() {
     let home = env.home();
     let image = env.busybox();
     // Pull first, so the kills land in the sandbox start itself.
-    let out = msb(home, &["pull", &image]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["pull", &image]);
 
     for (i, ms) in [0u64, 20, 60, 120, 250, 500, 1000].into_iter().enumerate() {
         let what = format!("kill -9 of msb run after {ms} ms");
@@ -286,8 +267,7 @@ fn kill_9_during_exec_leaves_the_sandbox_usable() {
     rm_all(home, "kill -9 of msb run during its command");
 
     // `msb exec` into a created sandbox, killed mid-command.
-    let out = msb(home, &["create", "--name", "box", &image]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["create", "--name", "box", &image]);
     let mut child = msb_command(
         home,
         &[
@@ -312,13 +292,11 @@ fn kill_9_during_exec_leaves_the_sandbox_usable() {
 
     // The sandbox still answers, and the killed client's command does not
     // outlive it for long.
-    let out = msb(home, &["exec", "box", "--", "echo", "alive"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb_ok(home, &["exec", "box", "--", "echo", "alive"]);
     assert_eq!(text(&out.stdout), "alive\n");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = msb(home, &["exec", "box", "--", "ps"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = msb_ok(home, &["exec", "box", "--", "ps"]);
         let ps = text(&out.stdout);
         if !ps.contains("sleep 600") {
             break;
@@ -330,8 +308,7 @@ fn kill_9_during_exec_leaves_the_sandbox_usable() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(ls(home), ["box"]);
-    let out = msb(home, &["rm", "-f", "box"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["rm", "-f", "box"]);
     assert!(ls(home).is_empty());
     assert_nothing_leaked(home, "kill -9 of msb exec");
 }
@@ -369,8 +346,7 @@ fn kill_9_of_the_agent_is_a_crash_with_nothing_left() {
     let env = env("faults_agent");
     let home = env.home();
     let image = env.busybox();
-    let out = msb(home, &["create", "--name", "victim", &image]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["create", "--name", "victim", &image]);
     let agent = agent_pid(home, "victim");
     let status = Command::new("kill")
         .args(["-9", &agent.to_string()])
@@ -389,12 +365,10 @@ fn kill_9_of_the_agent_is_a_crash_with_nothing_left() {
     }
     assert_nothing_leaked(home, "kill -9 of the agent");
     // It can be started again, or removed.
-    let out = msb(home, &["start", "victim"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["start", "victim"]);
     let out = msb(home, &["exec", "victim", "--", "echo", "back"]);
     assert_eq!(text(&out.stdout), "back\n", "{}", text(&out.stderr));
-    let out = msb(home, &["rm", "--force", "victim"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["rm", "--force", "victim"]);
     assert_nothing_leaked(home, "rm after the agent's crash");
 }
 
@@ -403,8 +377,7 @@ fn kill_9_of_the_creator_during_replace_leaves_a_usable_name() {
     let env = env("faults_replace");
     let home = env.home();
     let image = env.busybox();
-    let out = msb(home, &["create", "--name", "svc", &image]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["create", "--name", "svc", &image]);
     // A process that ignores SIGTERM: replacing waits out the grace.
     let out = msb(
         home,
@@ -455,7 +428,6 @@ fn kill_9_of_the_creator_during_replace_leaves_a_usable_name() {
         assert!(out.status.success(), "{what}: {}", text(&out.stderr));
         assert_eq!(status_of(home, "svc"), "running", "{what}");
     }
-    let out = msb(home, &["rm", "--force", "svc"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["rm", "--force", "svc"]);
     assert_nothing_leaked(home, "replace faults");
 }

@@ -2,31 +2,15 @@
 //! with namespace isolation and the busybox image from a registry on
 //! loopback.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-use test_utils::sandbox::{Requirement, TestEnv};
+use std::process::Command;
 
-fn msb(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_msb"))
-        .args(args)
-        .env("MSB_HOME", home)
-        .env("MSB_ISOLATION", "namespace")
-        .output()
-        .expect("run msb")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn env() -> TestEnv {
-    TestEnv::for_test("msb_sandbox", Requirement::Any).expect("no microVM needed")
-}
+use common::{env, msb, msb_ok, text};
 
 #[test]
 fn run_propagates_the_exit_code_and_output() {
-    let env = env();
+    let env = env("msb_sandbox");
     let image = env.busybox();
     let home = env.home();
     let out = msb(
@@ -70,11 +54,10 @@ fn run_propagates_the_exit_code_and_output() {
 
 #[test]
 fn create_exec_ps_stop_rm() {
-    let env = env();
+    let env = env("msb_sandbox");
     let image = env.busybox();
     let home = env.home();
-    let out = msb(home, &["create", "--name", "box", "-e", "WHO=msb", &image]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = msb_ok(home, &["create", "--name", "box", "-e", "WHO=msb", &image]);
     assert_eq!(text(&out.stdout), "box\n");
 
     let out = msb(
@@ -106,13 +89,11 @@ fn create_exec_ps_stop_rm() {
         "still running: {}",
         text(&out.stderr)
     );
-    let out = msb(home, &["stop", "box"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["stop", "box"]);
     let out = msb(home, &["inspect", "box"]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["status"], "stopped");
-    let out = msb(home, &["rm", "box"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["rm", "box"]);
     let out = msb(home, &["inspect", "box"]);
     assert_eq!(out.status.code(), Some(3));
 }
@@ -133,11 +114,10 @@ fn help_lists_the_commands() {
 
 #[test]
 fn logs_start_and_stop_with_a_timeout() {
-    let env = env();
+    let env = env("msb_sandbox");
     let image = env.busybox();
     let home = env.home();
-    let out = msb(home, &["create", "--name", "lg", &image]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["create", "--name", "lg", &image]);
     let out = msb(
         home,
         &[
@@ -178,13 +158,11 @@ fn logs_start_and_stop_with_a_timeout() {
     );
     assert!(out.status.success());
     let started = std::time::Instant::now();
-    let out = msb(home, &["stop", "lg", "--timeout", "0.5"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["stop", "lg", "--timeout", "0.5"]);
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
 
     // Started again, with its files as it left them.
-    let out = msb(home, &["start", "lg"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["start", "lg"]);
     let out = msb(home, &["exec", "lg", "--", "cat", "/root/kept"]);
     assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
     let out = msb(home, &["start", "lg"]);
@@ -194,13 +172,12 @@ fn logs_start_and_stop_with_a_timeout() {
         "already running: {}",
         text(&out.stderr)
     );
-    let out = msb(home, &["rm", "--force", "lg"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    msb_ok(home, &["rm", "--force", "lg"]);
 }
 
 #[test]
 fn exec_streams_stdin_with_dash_i_and_completions_exist() {
-    let env = env();
+    let env = env("msb_sandbox");
     let image = env.busybox();
     let home = env.home();
     assert!(
@@ -231,7 +208,7 @@ fn exec_streams_stdin_with_dash_i_and_completions_exist() {
 
 #[test]
 fn run_without_a_command_runs_the_image_command() {
-    let env = env();
+    let env = env("msb_sandbox");
     test_utils::images::busybox_image()
         .entrypoint(["/bin/echo", "from"])
         .cmd(["the", "image"])
@@ -249,7 +226,7 @@ fn exec_dash_t_runs_on_a_pseudo_terminal() {
         println!("skipped: util-linux `script` (to give msb a terminal) is not installed");
         return;
     }
-    let env = env();
+    let env = env("msb_sandbox");
     let image = env.busybox();
     let home = env.home();
     assert!(
