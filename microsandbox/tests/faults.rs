@@ -431,3 +431,58 @@ fn kill_9_of_the_creator_during_replace_leaves_a_usable_name() {
     msb_ok(home, &["rm", "--force", "svc"]);
     assert_nothing_leaked(home, "replace faults");
 }
+
+#[test]
+fn a_sandbox_process_without_its_creators_go_ahead_touches_nothing() {
+    // What a sandbox process sees when its creator is killed before it
+    // recorded the process in the state: its standard input ends before
+    // the go-ahead. It must exit at once, without booting anything in a
+    // directory that may already belong to the sandbox that replaced it.
+    let env = env("faults_go_ahead");
+    let home = env.home();
+    let image = env.busybox();
+    msb_ok(home, &["create", "--name", "idle", &image]);
+    msb_ok(home, &["stop", "idle"]);
+    let dir = home.join("sandboxes/idle");
+    assert!(!dir.join("agent.sock").exists());
+    let before = std::fs::read_to_string(dir.join("runtime.log")).unwrap_or_default();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msb-sandbox"))
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            kill9(&mut child);
+            panic!("the sandbox process ran on without its go-ahead");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout.is_empty(),
+        "no boot report: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        !dir.join("agent.sock").exists(),
+        "it bound the agent socket"
+    );
+    assert_eq!(status_of(home, "idle"), "stopped");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runtime.log")).unwrap_or_default(),
+        before
+    );
+    assert_nothing_leaked(home, "a sandbox process without its go-ahead");
+
+    // With the go-ahead (what the library writes), the same sandbox starts.
+    msb_ok(home, &["start", "idle"]);
+    assert_eq!(status_of(home, "idle"), "running");
+    msb_ok(home, &["rm", "--force", "idle"]);
+    assert_nothing_leaked(home, "go-ahead test");
+}

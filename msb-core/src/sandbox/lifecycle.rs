@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::control::PinnedProcess;
-use super::process::BootEvent;
+use super::process::{self, BootEvent};
 use super::spec::{CONSOLE_LOG, DETACHED_MARKER, RUNTIME_LOG, SandboxSpec};
 use super::state::{
     Backend, ProcessIdentity, SandboxName, SandboxRecord, SandboxStatus, StateStore,
@@ -107,6 +107,7 @@ pub async fn create(
         ));
     };
     let record = reservation.commit_process(process)?;
+    go_ahead(&mut child).await;
     tracing::debug!(sandbox = %name, pid = process.pid, "sandbox process started");
 
     match wait_ready(&mut child, &spec, &dir, options.doomed_vm.as_ref()).await {
@@ -148,7 +149,8 @@ fn spawn_process(spec: &SandboxSpec, dir: &Path, options: &CreateOptions) -> Res
         .map_err(io("open", log_path.clone()))?;
     Command::new(&options.program)
         .arg(dir)
-        .stdin(Stdio::null())
+        // Carries the go-ahead (see `go_ahead`).
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
         // Its own process group: a terminal's Ctrl-C reaches the creator,
@@ -157,6 +159,19 @@ fn spawn_process(spec: &SandboxSpec, dir: &Path, options: &CreateOptions) -> Res
         .kill_on_drop(false)
         .spawn()
         .map_err(io("spawn sandbox process", options.program.clone()))
+}
+
+/// Lets the sandbox process go on, now that the state records it: it waits
+/// for this before it touches anything, so that one whose creator dies
+/// before recording it (the pipe closes unwritten) exits untouched instead
+/// of running where nobody can find it. A process that died meanwhile is
+/// the boot report's to explain.
+async fn go_ahead(child: &mut Child) {
+    if let Some(mut stdin) = child.stdin.take()
+        && let Err(e) = stdin.write_all(&[process::GO_AHEAD]).await
+    {
+        tracing::debug!(error = %e, "the sandbox process is gone before its go-ahead");
+    }
 }
 
 /// Starts the stopped (or crashed) sandbox `name` again, with its rootfs
@@ -194,6 +209,7 @@ pub async fn start(home: &Path, name: &SandboxName, options: &CreateOptions) -> 
             return Err(e);
         }
     };
+    go_ahead(&mut child).await;
     match wait_ready(&mut child, &spec, &dir, options.doomed_vm.as_ref()).await {
         Ok(ready) => Ok(Launched {
             record,

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! creator ──spawn──▶ msb-sandbox <dir>
+//!    │  stdin: "go" once the process is recorded in the state
 //!    ▲                 │ reads <dir>/config.json (SandboxSpec)
 //!    │ boot report     │ rootfs: overlay (or copy) + agent at /.msb/agent
 //!    └── stdout ───────┤ binds <dir>/agent.sock
@@ -39,10 +40,23 @@ use super::state::{Backend, SandboxStatus, StateStore};
 use crate::rootfs::{RootfsLayout, RootfsSource};
 use crate::{Error, Result};
 
+/// What the creator writes on the sandbox process's standard input once it
+/// has recorded the process in the sandbox's state.
+pub(crate) const GO_AHEAD: u8 = b'g';
+
 /// Runs the sandbox whose state directory is `dir`; returns the process's
 /// exit code (0 after an orderly stop).
+///
+/// Nothing happens before the creator's [`GO_AHEAD`]: a sandbox process
+/// whose creator died before recording it (end of standard input instead)
+/// exits at once and untouched. Nobody could stop it otherwise, and the
+/// directory it was given may already hold the sandbox that replaced it.
 pub fn main(dir: &Path) -> i32 {
     let started = Instant::now();
+    if !go_ahead() {
+        tracing::info!(dir = %dir.display(), "creator gone before recording this sandbox process: exiting untouched");
+        return 0;
+    }
     let mut reporter = Reporter::default();
     let spec = match SandboxSpec::read_from(dir) {
         Ok(spec) => spec,
@@ -65,6 +79,28 @@ pub fn main(dir: &Path) -> i32 {
             1
         }
     }
+}
+
+/// Waits for the creator's [`GO_AHEAD`] on standard input, then puts
+/// `/dev/null` there. False at the end of input (the creator is gone).
+fn go_ahead() -> bool {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8];
+    let go = loop {
+        match std::io::stdin().lock().read(&mut byte) {
+            Ok(1) => break byte[0] == GO_AHEAD,
+            Ok(_) => break false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto descriptor 0 of two descriptors we hold open;
+        // the pipe it replaces is not used again.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    go
 }
 
 /// A `failed` event for `e` at `stage`.
