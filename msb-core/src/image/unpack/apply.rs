@@ -6,6 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -17,6 +18,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 use tar::EntryType;
 
+use super::fresh::{FreshDirs, Known};
 use super::resolve::{
     DIR_FLAGS, Resolver, is_dir, is_symlink, join, path_of, split_name, unsafe_entry,
 };
@@ -37,8 +39,10 @@ pub(crate) fn apply_tar<R: Read>(
     reader: R,
     opts: &UnpackOptions,
 ) -> Result<LayerStats> {
+    let resolver = Resolver::open(root)?;
     let mut applier = Applier {
-        resolver: Resolver::open(root)?,
+        fresh: FreshDirs::new(resolver.root()),
+        resolver,
         opts,
         stats: LayerStats::default(),
         added: Added::default(),
@@ -83,6 +87,7 @@ struct Deferred {
 /// One layer being applied.
 struct Applier<'a> {
     resolver: Resolver,
+    fresh: FreshDirs,
     opts: &'a UnpackOptions,
     stats: LayerStats,
     added: Added,
@@ -183,7 +188,7 @@ impl Applier<'_> {
     }
 
     /// The parent directory of `comps`'s last component, created if missing.
-    fn parent(&mut self, dirs: &[&[u8]], name: &Path) -> Result<OwnedFd> {
+    fn parent(&mut self, dirs: &[&[u8]], name: &Path) -> Result<Rc<OwnedFd>> {
         Ok(self
             .resolver
             .dir(dirs, true, name)?
@@ -218,7 +223,32 @@ impl Applier<'_> {
                 self.resolver.invalidate();
             }
         }
+        self.fresh.forget();
         Ok(false)
+    }
+
+    /// Create the entry `leaf` of `parent` with `create`; if something is
+    /// in the way (`EEXIST`), make way for it ([`Applier::clear`]) and try
+    /// once more. Trying first saves a `stat` per entry in a fresh tree.
+    ///
+    /// Returns `Ok(None)` when an existing directory was kept instead
+    /// (`keep_dir`), and the creation's own error as the inner result.
+    fn create_at<T>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        leaf: &[u8],
+        keep_dir: bool,
+        name: &Path,
+        create: impl Fn() -> nix::Result<T>,
+    ) -> Result<nix::Result<Option<T>>> {
+        match create() {
+            Err(Errno::EEXIST) => {}
+            other => return Ok(other.map(Some)),
+        }
+        if self.clear(parent, leaf, keep_dir, name)? {
+            return Ok(Ok(None));
+        }
+        Ok(create().map(Some))
     }
 
     fn whiteout(&mut self, dirs: &[&[u8]], leaf: &[u8], rest: &[u8], name: &Path) -> Result<()> {
@@ -229,6 +259,7 @@ impl Applier<'_> {
             clean_except_added(dir.as_fd(), &join(dirs), &self.added)
                 .map_err(|e| self.io(name, "clear opaque directory", e))?;
             self.resolver.invalidate();
+            self.fresh.forget();
             self.stats.opaque_dirs += 1;
             return Ok(());
         }
@@ -262,43 +293,89 @@ impl Applier<'_> {
             clean_except_added(dir.as_fd(), &key, &self.added)
                 .map_err(|e| self.io(name, "apply whiteout", e))?;
             self.resolver.invalidate();
+            self.fresh.forget();
             return Ok(());
         }
         remove_all_at(parent.as_fd(), rest).map_err(|e| self.io(name, "apply whiteout", e))?;
         self.resolver.invalidate();
+        self.fresh.forget();
         Ok(())
     }
 
     fn directory(&mut self, comps: &[&[u8]], meta: &Meta, name: &Path) -> Result<()> {
         self.stats.dirs += 1;
-        let fd = match comps.split_last() {
-            None => self
-                .resolver
-                .root()
-                .try_clone_to_owned()
-                .map_err(|e| self.io(name, "duplicate descriptor", e))?,
-            Some((leaf, dirs)) => {
-                let parent = self.parent(dirs, name)?;
-                if !self.clear(parent.as_fd(), leaf, true, name)? {
-                    mkdirat(parent.as_fd(), os(leaf), Mode::from_bits_truncate(0o700))
-                        .map_err(|e| self.io(name, "create directory", e))?;
-                }
-                openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty())
-                    .map_err(|e| self.io(name, "open directory", e))?
-            }
-        };
-        self.chown(Target::Fd(fd.as_fd()), meta, name)?;
         let mode = meta.mode & 0o7777;
         let defer_mode = !self.privileged && mode & 0o300 != 0o300;
         let now = if defer_mode { mode | 0o700 } else { mode };
-        fchmod(&fd, Mode::from_bits_truncate(now)).map_err(|e| self.io(name, "chmod", e))?;
+        // The parent, if the directory was created here in a known one.
+        let (fd, parent) = match comps.split_last() {
+            None => (self.resolver.root_dir(), None),
+            Some((leaf, dirs)) => {
+                let parent = self.parent(dirs, name)?;
+                let perm = Mode::from_bits_truncate(now & 0o777);
+                let made = self
+                    .create_at(parent.as_fd(), leaf, true, name, || {
+                        mkdirat(parent.as_fd(), os(leaf), perm)
+                    })?
+                    .map_err(|e| self.io(name, "create directory", e))?;
+                let fd = openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty())
+                    .map_err(|e| self.io(name, "open directory", e))?;
+                let known = match made {
+                    Some(()) => self.fresh.get(&join(dirs)),
+                    None => {
+                        // An existing directory: what it was no longer holds.
+                        self.fresh.forget_dir(&join(comps));
+                        None
+                    }
+                };
+                (Rc::new(fd), known)
+            }
+        };
+        self.chown(Target::Fd(fd.as_fd()), meta, name, parent)?;
+        if !self.fresh.mode_is(parent, now, true) {
+            fchmod(&fd, Mode::from_bits_truncate(now)).map_err(|e| self.io(name, "chmod", e))?;
+        }
         self.xattrs(Target::Fd(fd.as_fd()), meta);
+        self.learn_dir(comps, meta, now, parent);
         self.deferred.push(Deferred {
             comps: comps.iter().map(|c| c.to_vec()).collect(),
             mode: defer_mode.then_some(mode),
             mtime: meta.mtime,
         });
         Ok(())
+    }
+
+    /// Record what is now known of the directory `comps` (group, setgid
+    /// bit, no ACL), given the parent it was created in, if known.
+    fn learn_dir(&mut self, comps: &[&[u8]], meta: &Meta, mode: u32, parent: Option<Known>) {
+        let xattrs = self.opts.xattrs && !meta.xattrs.is_empty();
+        // Its group: the layer's if chowned, else what creation gave it.
+        let gid = if self.opts.preserve_ownership {
+            u32::try_from(meta.gid).ok()
+        } else {
+            self.fresh.new_dir_gid(parent)
+        };
+        match comps.split_last() {
+            None => match self.fresh.get(b"") {
+                Some(root) if !xattrs => {
+                    let gid = if self.opts.preserve_ownership {
+                        gid
+                    } else {
+                        Some(root.gid)
+                    };
+                    match gid {
+                        Some(gid) => self.fresh.root_changed(gid, mode),
+                        None => self.fresh.forget_dir(b""),
+                    }
+                }
+                _ => self.fresh.forget_dir(b""),
+            },
+            Some((_, dirs)) => {
+                if let (Some(gid), Some(_), false) = (gid, parent, xattrs) {
+                    self.fresh.created(&join(dirs), join(comps), gid, mode);
+                }
+            }
+        }
     }
 
     fn file<R: Read>(
@@ -328,14 +405,26 @@ impl Applier<'_> {
             }
         }
         let parent = self.parent(dirs, name)?;
-        self.clear(parent.as_fd(), leaf, false, name)?;
-        let fd = openat(
-            parent.as_fd(),
-            os(leaf),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| self.io(name, "create file", e))?;
+        let perm = meta.mode & 0o7777;
+        // Any mode works for the descriptor O_CREAT returns; the right one
+        // saves the fchmod below in most cases.
+        let create_mode = Mode::from_bits_truncate(perm & 0o777);
+        let fd = self
+            .create_at(parent.as_fd(), leaf, false, name, || {
+                openat(
+                    parent.as_fd(),
+                    os(leaf),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    create_mode,
+                )
+            })?
+            .map_err(|e| self.io(name, "create file", e))?
+            .expect("only directories are kept");
+        let known = self.fresh.get(&join(dirs));
         let mut file = File::from(fd);
         let mut written = 0u64;
         loop {
@@ -372,9 +461,10 @@ impl Applier<'_> {
         self.stats.files += 1;
         // chown clears setuid bits and file capabilities: chown, then chmod,
         // then extended attributes.
-        self.chown(Target::Fd(file.as_fd()), meta, name)?;
-        fchmod(&file, Mode::from_bits_truncate(meta.mode & 0o7777))
-            .map_err(|e| self.io(name, "chmod", e))?;
+        self.chown(Target::Fd(file.as_fd()), meta, name, known)?;
+        if !self.fresh.mode_is(known, perm, false) {
+            fchmod(&file, Mode::from_bits_truncate(perm)).map_err(|e| self.io(name, "chmod", e))?;
+        }
         self.xattrs(Target::Fd(file.as_fd()), meta);
         futimens(&file, &meta.mtime, &meta.mtime).map_err(|e| self.io(name, "set times", e))?;
         Ok(())
@@ -385,12 +475,14 @@ impl Applier<'_> {
             return Err(unsafe_entry(name, UnsafeEntryReason::ReplacesRoot));
         };
         let parent = self.parent(dirs, name)?;
-        self.clear(parent.as_fd(), leaf, false, name)?;
-        symlinkat(os(target), parent.as_fd(), os(leaf))
-            .map_err(|e| self.io(name, "create symlink", e))?;
+        self.create_at(parent.as_fd(), leaf, false, name, || {
+            symlinkat(os(target), parent.as_fd(), os(leaf))
+        })?
+        .map_err(|e| self.io(name, "create symlink", e))?;
         self.stats.symlinks += 1;
+        let known = self.fresh.get(&join(dirs));
         let at = Target::At(parent.as_fd(), leaf);
-        self.chown(at, meta, name)?;
+        self.chown(at, meta, name, known)?;
         self.xattrs(at, meta);
         utimensat(
             parent.as_fd(),
@@ -482,16 +574,18 @@ impl Applier<'_> {
         let major = header.device_major().map_err(corrupt)?.unwrap_or(0);
         let minor = header.device_minor().map_err(corrupt)?.unwrap_or(0);
         let parent = self.parent(dirs, name)?;
-        self.clear(parent.as_fd(), leaf, false, name)?;
         let perm = Mode::from_bits_truncate(meta.mode & 0o7777);
-        match mknodat(
-            parent.as_fd(),
-            os(leaf),
-            sflag,
-            perm,
-            makedev(major.into(), minor.into()),
-        ) {
-            Ok(()) => {}
+        let made = self.create_at(parent.as_fd(), leaf, false, name, || {
+            mknodat(
+                parent.as_fd(),
+                os(leaf),
+                sflag,
+                perm,
+                makedev(major.into(), minor.into()),
+            )
+        })?;
+        match made {
+            Ok(_) => {}
             Err(Errno::EPERM) if sflag != SFlag::S_IFIFO => {
                 tracing::warn!(entry = %name.display(), kind = ?kind, "skipping device entry (mknod not permitted)");
                 self.stats.skipped_devices += 1;
@@ -500,11 +594,14 @@ impl Applier<'_> {
             Err(e) => return Err(self.io(name, "create device node", e)),
         }
         self.stats.devices += 1;
+        let known = self.fresh.get(&join(dirs));
         let at = Target::At(parent.as_fd(), leaf);
-        self.chown(at, meta, name)?;
-        // The node was just created by us and is not a symlink.
-        fchmodat(parent.as_fd(), os(leaf), perm, FchmodatFlags::FollowSymlink)
-            .map_err(|e| self.io(name, "chmod", e))?;
+        self.chown(at, meta, name, known)?;
+        if !self.fresh.mode_is(known, perm.bits(), false) {
+            // The node was just created by us and is not a symlink.
+            fchmodat(parent.as_fd(), os(leaf), perm, FchmodatFlags::FollowSymlink)
+                .map_err(|e| self.io(name, "chmod", e))?;
+        }
         self.xattrs(at, meta);
         utimensat(
             parent.as_fd(),
@@ -517,13 +614,25 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn chown(&self, target: Target<'_>, meta: &Meta, name: &Path) -> Result<()> {
+    /// Give the entry at `target` the layer's owner, unless it already has
+    /// it: just created in the directory `parent` (when known) by the very
+    /// owner.
+    fn chown(
+        &self,
+        target: Target<'_>,
+        meta: &Meta,
+        name: &Path,
+        parent: Option<Known>,
+    ) -> Result<()> {
         if !self.opts.preserve_ownership {
             return Ok(());
         }
         let to_id = |v: u64| u32::try_from(v).map_err(|_| bad_pax(name));
-        let uid = Some(Uid::from_raw(to_id(meta.uid)?));
-        let gid = Some(Gid::from_raw(to_id(meta.gid)?));
+        let (uid, gid) = (to_id(meta.uid)?, to_id(meta.gid)?);
+        if self.fresh.owner_is(parent, uid, gid) {
+            return Ok(());
+        }
+        let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
         match target {
             Target::Fd(fd) => fchown(fd, uid, gid),
             Target::At(dir, leaf) => {
@@ -560,17 +669,13 @@ impl Applier<'_> {
             let comps: Vec<&[u8]> = d.comps.iter().map(Vec::as_slice).collect();
             let name = path_of(&join(&comps));
             let fd = match comps.split_last() {
-                None => self
-                    .resolver
-                    .root()
-                    .try_clone_to_owned()
-                    .map_err(|e| self.io(&name, "duplicate descriptor", e))?,
+                None => self.resolver.root_dir(),
                 Some((leaf, dirs)) => {
                     let Some(parent) = self.resolver.dir(dirs, false, &name)? else {
                         continue;
                     };
                     match openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty()) {
-                        Ok(fd) => fd,
+                        Ok(fd) => Rc::new(fd),
                         // Removed or replaced later in the layer.
                         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
                         Err(e) => return Err(self.io(&name, "open directory", e)),

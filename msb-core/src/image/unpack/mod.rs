@@ -54,6 +54,7 @@
 
 mod apply;
 mod decode;
+mod fresh;
 mod resolve;
 mod sys;
 #[cfg(test)]

@@ -510,3 +510,133 @@ fn ownership_and_xattrs_when_root() {
         "setuid survives chown"
     );
 }
+
+/// A layer entry with an owner, for the ownership tests.
+fn owned(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, mode: u32, ids: (u64, u64)) {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(0);
+    h.set_uid(ids.0);
+    h.set_gid(ids.1);
+    h.set_mtime(7);
+    b.append_data(&mut h, name, &b""[..]).unwrap();
+}
+
+fn mode_and_owner(path: &Path) -> (u32, u32, u32) {
+    let md = fs::symlink_metadata(path).unwrap();
+    (md.permissions().mode() & 0o7777, md.uid(), md.gid())
+}
+
+#[test]
+fn setgid_parents_and_lower_layers_never_leak_their_group_or_bit() {
+    // Entries created in a setgid directory get its group (and, for
+    // directories, its setgid bit) from the kernel: whatever skips chown or
+    // chmod for entries in directories it created must not skip them here.
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let o = UnpackOptions::default().preserve_ownership(true);
+    let mut b = tar::Builder::new(Vec::new());
+    owned(&mut b, "shared/", EntryType::Directory, 0o2775, (0, 1234));
+    owned(&mut b, "shared/f", EntryType::Regular, 0o644, (0, 0));
+    owned(&mut b, "shared/sub/", EntryType::Directory, 0o755, (0, 0));
+    owned(&mut b, "shared/sub/g", EntryType::Regular, 0o644, (0, 0));
+    owned(&mut b, "plain/", EntryType::Directory, 0o755, (0, 0));
+    owned(&mut b, "plain/h", EntryType::Regular, 0o640, (0, 0));
+    owned(&mut b, "plain/x", EntryType::Regular, 0o666, (0, 0));
+    owned(&mut b, "plain/y", EntryType::Regular, 0o755, (5, 6));
+    let lower = b.into_inner().unwrap();
+    apply_layer(&root, &lower[..], Compression::None, &o).unwrap();
+    assert_eq!(mode_and_owner(&root.join("shared")), (0o2775, 0, 1234));
+    assert_eq!(mode_and_owner(&root.join("shared/f")), (0o644, 0, 0));
+    assert_eq!(mode_and_owner(&root.join("shared/sub")), (0o755, 0, 0));
+    assert_eq!(mode_and_owner(&root.join("shared/sub/g")), (0o644, 0, 0));
+    assert_eq!(mode_and_owner(&root.join("plain/h")), (0o640, 0, 0));
+    // 0o666 is more than the umask lets through: chmod is still needed.
+    assert_eq!(mode_and_owner(&root.join("plain/x")), (0o666, 0, 0));
+    assert_eq!(mode_and_owner(&root.join("plain/y")), (0o755, 5, 6));
+
+    // An upper layer: `plain` becomes setgid and group 1234 in a lower
+    // layer's directory; the entries below it must still get their own.
+    let mut b = tar::Builder::new(Vec::new());
+    owned(&mut b, "plain/", EntryType::Directory, 0o2755, (0, 1234));
+    owned(&mut b, "plain/new", EntryType::Regular, 0o644, (0, 0));
+    owned(&mut b, "plain/newdir/", EntryType::Directory, 0o755, (0, 0));
+    let upper = b.into_inner().unwrap();
+    apply_layer(&root, &upper[..], Compression::None, &o).unwrap();
+    assert_eq!(mode_and_owner(&root.join("plain")), (0o2755, 0, 1234));
+    assert_eq!(mode_and_owner(&root.join("plain/new")), (0o644, 0, 0));
+    assert_eq!(mode_and_owner(&root.join("plain/newdir")), (0o755, 0, 0));
+}
+
+#[test]
+fn a_known_directory_replaced_by_a_symlink_is_known_no_more() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let o = UnpackOptions::default().preserve_ownership(true);
+    let mut b = tar::Builder::new(Vec::new());
+    owned(&mut b, "d/", EntryType::Directory, 0o755, (0, 0));
+    owned(&mut b, "e/", EntryType::Directory, 0o2777, (0, 1234));
+    // `d` becomes a symlink to the setgid `e`: `d/f` lands in `e`.
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    b.append_link(&mut h, "d", "e").unwrap();
+    owned(&mut b, "d/f", EntryType::Regular, 0o644, (0, 0));
+    owned(&mut b, "d/g/", EntryType::Directory, 0o755, (0, 0));
+    let layer = b.into_inner().unwrap();
+    apply_layer(&root, &layer[..], Compression::None, &o).unwrap();
+    assert_eq!(mode_and_owner(&root.join("e/f")), (0o644, 0, 0));
+    assert_eq!(mode_and_owner(&root.join("e/g")), (0o755, 0, 0));
+}
+
+#[test]
+fn a_default_acl_on_the_root_does_not_change_modes() {
+    // With a default ACL the kernel ignores the umask and masks new entries'
+    // modes with the ACL instead: here, nothing for group and others.
+    let sb = Sandbox::new();
+    let root = sb.root();
+    // POSIX ACL xattr: version 2, then (tag u16, perm u16, id u32) entries:
+    // user::rwx, group::---, other::---.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(u32::MAX.to_le_bytes());
+    }
+    let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path and name, and a buffer of its length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"system.posix_acl_default".as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "skipped: no POSIX ACLs here ({})",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let layer = Layer::new()
+        .file("f", b"x", 0o644)
+        .dir("d/", 0o755)
+        .file("d/g", b"y", 0o644)
+        .symlink("d/l", "g")
+        .bytes();
+    apply(&root, &layer).unwrap();
+    assert_eq!(mode_and_owner(&root.join("f")).0, 0o644);
+    assert_eq!(mode_and_owner(&root.join("d")).0, 0o755);
+    assert_eq!(mode_and_owner(&root.join("d/g")).0, 0o644);
+}

@@ -127,6 +127,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Policy::Always)]
         policy: Policy,
     },
+    /// Push the Debian fixture image to a local registry, print its
+    /// reference and serve it until stdin closes: for profiling single
+    /// `pull-once` runs (`perf record msb-bench pull-once ...`).
+    #[command(hide = true)]
+    ServeImages,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
             reference,
             policy,
         } => pull_once(&home, &reference, policy),
+        Cmd::ServeImages => serve_images(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,6 +197,17 @@ fn pull_once(home: &Path, reference: &str, policy: Policy) -> Result<()> {
         "vmhwm_kib": status_kib("VmHWM").unwrap_or(0),
     });
     println!("{line}");
+    Ok(())
+}
+
+/// Serve the Debian fixture image until stdin closes.
+fn serve_images() -> Result<()> {
+    let debian = debian_image()?;
+    let registry = TestRegistry::try_start()?;
+    let pushed = debian.push_blocking(&registry, "bench/debian", "latest")?;
+    println!("{}", pushed.reference);
+    std::io::stdin().read_to_end(&mut Vec::new())?;
+    drop(registry);
     Ok(())
 }
 
