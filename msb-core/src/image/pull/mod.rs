@@ -35,7 +35,7 @@ use self::tail::{Tail, Tails};
 
 use super::registry::{Descriptor, Platform, Progress, ProgressSink, RegistryClient};
 use super::store::{BlobWriter, ImageMeta, ImageStore, PullPolicy};
-use super::unpack::{Compression, UnpackOptions, apply_layer};
+use super::unpack::{Compression, UnpackOptions, apply_layers};
 use super::{Digest, Reference};
 use crate::{Error, Result};
 
@@ -103,12 +103,14 @@ pub struct Puller {
 }
 
 impl Puller {
-    /// A puller over `client` and `store`, unpacking with default options.
+    /// A puller over `client` and `store`, unpacking with default options,
+    /// less gzip's CRC-32: every layer's sha256 digest is verified before
+    /// its tree is committed (see [`UnpackOptions::gzip_crc`]).
     pub fn new(client: RegistryClient, store: ImageStore) -> Self {
         Self {
             client,
             store,
-            unpack: UnpackOptions::default(),
+            unpack: UnpackOptions::default().gzip_crc(false),
         }
     }
 
@@ -372,20 +374,23 @@ impl Puller {
                 .collect::<Result<Vec<_>>>()?;
             let started = Instant::now();
             let build = store.begin_tree(&manifest)?;
-            for ((layer, tail), compression) in layers.iter().zip(&tails).zip(compressions) {
-                if cancelled.load(Ordering::SeqCst) {
-                    return Ok(None);
-                }
-                let reader = CancellableReader {
-                    inner: std::io::BufReader::with_capacity(1 << 20, tail.reader()),
-                    cancelled: &cancelled,
-                };
-                let stats = apply_layer(build.path(), reader, compression, &options);
-                if cancelled.load(Ordering::SeqCst) {
-                    return Ok(None);
-                }
-                tracing::debug!(digest = %layer.digest, stats = ?stats.as_ref().ok(), "applied layer");
-                stats?;
+            let streams = tails
+                .iter()
+                .zip(compressions)
+                .map(|(tail, compression)| {
+                    let reader = CancellableReader {
+                        inner: std::io::BufReader::with_capacity(1 << 20, tail.reader()),
+                        cancelled: &cancelled,
+                    };
+                    (Box::new(reader) as Box<dyn Read + Send>, compression)
+                })
+                .collect();
+            let applied = apply_layers(build.path(), streams, &options);
+            if cancelled.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            for (layer, stats) in layers.iter().zip(applied?) {
+                tracing::debug!(digest = %layer.digest, ?stats, "applied layer");
             }
             if commit.blocking_recv().is_err() {
                 return Ok(None);

@@ -1,27 +1,41 @@
-//! Decompressing a layer on a thread of its own.
+//! Decompressing layers on threads of their own.
 //!
 //! Inflating a gzip layer and creating its files cost about the same (a
-//! Debian base layer: ~0.2 s each on one core), and neither waits for the
-//! other: the decoder thread fills fixed-size chunks and hands them over a
+//! Debian base layer: ~0.15 s each on one core), and neither waits for the
+//! other: a decoder thread fills fixed-size chunks and hands them over a
 //! bounded channel to the thread applying the tar stream, which gives the
-//! emptied chunks back. At most [`DEPTH`] chunks are in flight, so memory
-//! stays bounded whatever the layer's size.
+//! emptied chunks back. At most [`DEPTH`] chunks are in flight per layer,
+//! so memory stays bounded whatever the layer's size.
 //!
 //! ```text
 //!  compressed ──▶ [decoder thread] ──chunks──▶ [applier] ──▶ files
 //!  reader              ▲                          │
 //!                      └──────── empty chunks ────┘
 //! ```
+//!
+//! [`decompressed_layers`] also decodes the next layer while the current
+//! one is applied: a small layer full of small files (a base image's `/etc`
+//! and `/var`) takes the applier a while, and the next layer's decoder
+//! would otherwise sit idle through it.
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use super::Compression;
+use super::gzip::UncheckedGzip;
 
 /// Bytes per chunk handed from the decoder to the applier.
 const CHUNK: usize = 512 * 1024;
-/// Chunks in flight (filled and waiting) at most.
-const DEPTH: usize = 8;
+/// Chunks in flight (filled and waiting) at most, per layer: 16 MiB, so
+/// that the decoder runs on through a stretch of small files, which cost
+/// the applier far more per byte than large ones.
+const DEPTH: usize = 32;
+
+/// Compressed bytes read at a time by the CRC-less gzip reader.
+const GZIP_INPUT_BUF: usize = 128 * 1024;
+
+/// A layer to decode: its compressed stream and how it is compressed.
+pub(super) type Encoded<'r> = (Box<dyn Read + Send + 'r>, Compression);
 
 /// Runs `apply` on the decompressed stream of `reader`. Compressed streams
 /// are decoded on a second thread while `apply` runs; an uncompressed one
@@ -33,33 +47,73 @@ const DEPTH: usize = 8;
 pub(super) fn decompressed<R, T>(
     reader: R,
     compression: Compression,
+    gzip_crc: bool,
     apply: impl FnOnce(&mut dyn Read) -> T,
 ) -> T
 where
     R: Read + Send,
 {
-    if compression == Compression::None {
-        let mut reader = reader;
-        return apply(&mut reader);
-    }
-    let (filled_tx, filled_rx) = sync_channel(DEPTH);
-    let (empty_tx, empty_rx) = channel();
+    let mut apply = Some(apply);
+    let mut out = None;
+    decompressed_layers(
+        vec![(Box::new(reader) as Box<dyn Read + Send>, compression)],
+        gzip_crc,
+        |_, stream| {
+            let apply = apply.take().expect("one layer");
+            out = Some(apply(stream));
+            true
+        },
+    );
+    out.expect("the one layer was applied")
+}
+
+/// Runs `apply` on the decompressed stream of each layer in turn, until it
+/// returns `false`, while the next layer decodes ahead. Compressed layers
+/// are decoded on threads of their own; uncompressed ones are read directly.
+///
+/// Decoder errors reach `apply` as read errors, at the point of the stream
+/// where they happened. Decoders of layers never applied (after `apply`
+/// stopped) stop at their next chunk. gzip's CRC-32 is checked only if
+/// `gzip_crc` (see [`super::UnpackOptions::gzip_crc`]).
+pub(super) fn decompressed_layers<'r>(
+    layers: Vec<Encoded<'r>>,
+    gzip_crc: bool,
+    mut apply: impl FnMut(usize, &mut dyn Read) -> bool,
+) {
     std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("msb-decompress".into())
-            .spawn_scoped(scope, move || {
-                decode(reader, compression, filled_tx, empty_rx)
-            })
-            .expect("spawning the decompression thread");
-        let mut chunks = Chunks {
-            filled: filled_rx,
-            empty: empty_tx,
-            current: Vec::new(),
-            pos: 0,
+        let mut layers = layers.into_iter();
+        let start = |layer: Option<Encoded<'r>>| -> Option<Box<dyn Read + 'r>> {
+            let (reader, compression) = layer?;
+            if compression == Compression::None {
+                return Some(reader);
+            }
+            let (filled_tx, filled_rx) = sync_channel(DEPTH);
+            let (empty_tx, empty_rx) = channel();
+            std::thread::Builder::new()
+                .name("msb-decompress".into())
+                .spawn_scoped(scope, move || {
+                    decode(reader, compression, gzip_crc, filled_tx, empty_rx)
+                })
+                .expect("spawning the decompression thread");
+            Some(Box::new(Chunks {
+                filled: filled_rx,
+                empty: empty_tx,
+                current: Vec::new(),
+                pos: 0,
+            }))
         };
-        apply(&mut chunks)
-        // `chunks` drops here, before the scope joins the decoder: a decoder
-        // blocked on a full channel sees it closed and stops.
+        let mut next = start(layers.next());
+        let mut index = 0;
+        while let Some(mut current) = next.take() {
+            next = start(layers.next());
+            if !apply(index, &mut current) {
+                break;
+            }
+            index += 1;
+        }
+        // The streams not applied drop here, before the scope joins their
+        // decoders: a decoder blocked on a full channel sees it closed and
+        // stops.
     })
 }
 
@@ -68,12 +122,17 @@ where
 fn decode<R: Read>(
     reader: R,
     compression: Compression,
+    gzip_crc: bool,
     filled: SyncSender<io::Result<Vec<u8>>>,
     empty: Receiver<Vec<u8>>,
 ) {
     let mut decoder: Box<dyn Read> = match compression {
         Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Compression::Gzip if gzip_crc => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Compression::Gzip => Box::new(UncheckedGzip::new(BufReader::with_capacity(
+            GZIP_INPUT_BUF,
+            reader,
+        ))),
         Compression::Zstd => match zstd::stream::read::Decoder::new(reader) {
             Ok(decoder) => Box::new(decoder),
             Err(e) => {
@@ -167,17 +226,18 @@ mod tests {
         for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 123, 3 << 20] {
             let data = pattern(len);
             let zstd = zstd::encode_all(&data[..], 1).unwrap();
-            for (compression, bytes) in [
-                (Compression::None, data.clone()),
-                (Compression::Gzip, gzip(&data)),
-                (Compression::Zstd, zstd),
+            for (compression, crc, bytes) in [
+                (Compression::None, true, data.clone()),
+                (Compression::Gzip, true, gzip(&data)),
+                (Compression::Gzip, false, gzip(&data)),
+                (Compression::Zstd, true, zstd),
             ] {
-                let out = decompressed(&bytes[..], compression, |r| {
+                let out = decompressed(&bytes[..], compression, crc, |r| {
                     let mut out = Vec::new();
                     r.read_to_end(&mut out).map(|_| out)
                 })
                 .unwrap();
-                assert!(out == data, "{compression:?}, {len} bytes");
+                assert!(out == data, "{compression:?} (crc {crc}), {len} bytes");
             }
         }
     }
@@ -189,7 +249,7 @@ mod tests {
         let at = bytes.len() - 20;
         bytes[at] ^= 0xff;
         let mut got = 0;
-        let err = decompressed(&bytes[..], Compression::Gzip, |r| {
+        let err = decompressed(&bytes[..], Compression::Gzip, true, |r| {
             let mut buf = vec![0; 64 * 1024];
             loop {
                 match r.read(&mut buf) {
@@ -208,7 +268,7 @@ mod tests {
         // 64 MiB of zeros: far more than the channel holds. Returning after
         // one read must not hang the scope waiting for the decoder.
         let bytes = gzip(&vec![0; 64 << 20]);
-        let first = decompressed(&bytes[..], Compression::Gzip, |r| {
+        let first = decompressed(&bytes[..], Compression::Gzip, true, |r| {
             let mut buf = [0; 16];
             r.read(&mut buf).unwrap()
         });

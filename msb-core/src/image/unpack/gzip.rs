@@ -1,0 +1,281 @@
+//! gzip without its CRC-32, for layers whose digest is verified anyway.
+//!
+//! A gzip member (RFC 1952) is a header, a raw deflate stream and a trailer
+//! holding the CRC-32 and the length (mod 2^32) of the data. Computing the
+//! CRC costs about 5% of inflating; a pulled layer is covered by its sha256
+//! digest, which the puller checks before the tree is committed, so the CRC
+//! adds nothing there. This reader parses the framing itself, inflates raw
+//! deflate, and still checks each member's length, so truncation and most
+//! corruption are caught where they happen. Concatenated members are read
+//! in turn, as `MultiGzDecoder` (and Go's `gzip.Reader`) do.
+
+use std::io::{self, BufRead, Read};
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+/// Header flags (RFC 1952, 2.3.1).
+const FHCRC: u8 = 1 << 1;
+const FEXTRA: u8 = 1 << 2;
+const FNAME: u8 = 1 << 3;
+const FCOMMENT: u8 = 1 << 4;
+const RESERVED: u8 = 0xe0;
+
+/// Where the reader is in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before a member's header; `first` until one was read.
+    Header { first: bool },
+    /// Inside a member's deflate data.
+    Body,
+}
+
+/// Reads the data of a gzip stream of one or more members, checking each
+/// member's length but not its CRC-32.
+pub(super) struct UncheckedGzip<R> {
+    inner: R,
+    inflate: Decompress,
+    state: State,
+}
+
+impl<R: BufRead> UncheckedGzip<R> {
+    pub(super) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            inflate: Decompress::new(false),
+            state: State::Header { first: true },
+        }
+    }
+
+    /// Reads a member's header. `false` at the clean end of the stream
+    /// (after at least one member).
+    fn header(&mut self, first: bool) -> io::Result<bool> {
+        if self.inner.fill_buf()?.is_empty() {
+            return if first { Err(truncated()) } else { Ok(false) };
+        }
+        let mut fixed = [0u8; 10];
+        self.inner
+            .read_exact(&mut fixed)
+            .map_err(eof_is_truncation)?;
+        if fixed[..3] != [0x1f, 0x8b, 8] {
+            return Err(invalid("not a gzip member header"));
+        }
+        let flags = fixed[3];
+        if flags & RESERVED != 0 {
+            return Err(invalid("reserved gzip header flags set"));
+        }
+        if flags & FEXTRA != 0 {
+            let mut len = [0u8; 2];
+            self.inner.read_exact(&mut len).map_err(eof_is_truncation)?;
+            self.skip(u16::from_le_bytes(len).into())?;
+        }
+        for flag in [FNAME, FCOMMENT] {
+            if flags & flag != 0 {
+                self.skip_string()?;
+            }
+        }
+        if flags & FHCRC != 0 {
+            self.skip(2)?;
+        }
+        Ok(true)
+    }
+
+    /// Skips `n` bytes.
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let skipped = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())?;
+        if skipped == n {
+            Ok(())
+        } else {
+            Err(truncated())
+        }
+    }
+
+    /// Skips a NUL-terminated string, never holding it in memory.
+    fn skip_string(&mut self) -> io::Result<()> {
+        loop {
+            let buf = self.inner.fill_buf()?;
+            if buf.is_empty() {
+                return Err(truncated());
+            }
+            match buf.iter().position(|&b| b == 0) {
+                Some(at) => {
+                    self.inner.consume(at + 1);
+                    return Ok(());
+                }
+                None => {
+                    let n = buf.len();
+                    self.inner.consume(n);
+                }
+            }
+        }
+    }
+
+    /// Reads a member's trailer and checks the member's length.
+    fn trailer(&mut self) -> io::Result<()> {
+        let mut trailer = [0u8; 8];
+        self.inner
+            .read_exact(&mut trailer)
+            .map_err(eof_is_truncation)?;
+        let isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
+        // ISIZE is the length mod 2^32: the truncation is the format's.
+        if isize != self.inflate.total_out() as u32 {
+            return Err(invalid("gzip member length does not match its data"));
+        }
+        Ok(())
+    }
+}
+
+impl<R: BufRead> Read for UncheckedGzip<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let State::Header { first } = self.state {
+                if !self.header(first)? {
+                    return Ok(0);
+                }
+                self.inflate.reset(false);
+                self.state = State::Body;
+            }
+            let input = self.inner.fill_buf()?;
+            let at_eof = input.is_empty();
+            let (in_before, out_before) = (self.inflate.total_in(), self.inflate.total_out());
+            let status = self
+                .inflate
+                .decompress(input, out, FlushDecompress::None)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let consumed = (self.inflate.total_in() - in_before) as usize;
+            let produced = (self.inflate.total_out() - out_before) as usize;
+            self.inner.consume(consumed);
+            if status == Status::StreamEnd {
+                self.trailer()?;
+                self.state = State::Header { first: false };
+            } else if at_eof && produced == 0 {
+                return Err(truncated());
+            }
+            if produced > 0 {
+                return Ok(produced);
+            }
+        }
+    }
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream truncated")
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+fn eof_is_truncation(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        truncated()
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufReader, Write};
+
+    use flate2::GzBuilder;
+
+    use super::*;
+
+    fn member(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn read_all(bytes: &[u8], buf_size: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        UncheckedGzip::new(BufReader::with_capacity(buf_size, bytes)).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 777) as u8).collect()
+    }
+
+    #[test]
+    fn reads_what_flate2_reads_across_buffer_sizes() {
+        for len in [0, 1, 1000, 300_000] {
+            let data = pattern(len);
+            let bytes = member(&data);
+            for buf_size in [1, 7, 4096, 1 << 20] {
+                assert!(
+                    read_all(&bytes, buf_size).unwrap() == data,
+                    "{len} bytes, buffer {buf_size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn optional_header_fields_and_several_members() {
+        let mut first = Vec::new();
+        let mut encoder = GzBuilder::new()
+            .filename("layer.tar")
+            .comment("a comment")
+            .extra(vec![1, 2, 3, 4])
+            .write(&mut first, flate2::Compression::default());
+        encoder.write_all(b"first member, ").unwrap();
+        encoder.finish().unwrap();
+        let mut bytes = first;
+        bytes.extend(member(b"second member"));
+        assert_eq!(read_all(&bytes, 3).unwrap(), b"first member, second member");
+    }
+
+    #[test]
+    fn truncation_anywhere_is_unexpected_eof() {
+        let bytes = member(&pattern(50_000));
+        for cut in [
+            0,
+            5,
+            10,
+            20,
+            bytes.len() / 2,
+            bytes.len() - 8,
+            bytes.len() - 1,
+        ] {
+            let err = read_all(&bytes[..cut], 512).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::UnexpectedEof,
+                "cut at {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_length_garbage_after_a_member_or_bad_flags_are_invalid() {
+        let good = member(&pattern(10_000));
+        let mut wrong_len = good.clone();
+        let n = wrong_len.len();
+        wrong_len[n - 1] ^= 1;
+        let mut garbage = good.clone();
+        garbage.extend(b"not gzip at all");
+        let mut reserved = good.clone();
+        reserved[3] |= 0x80;
+        for (what, bytes) in [
+            ("length", wrong_len),
+            ("garbage", garbage),
+            ("flags", reserved),
+        ] {
+            let err = read_all(&bytes, 4096).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_huge_file_name_is_skipped_in_constant_memory() {
+        let mut bytes = vec![0x1f, 0x8b, 8, FNAME, 0, 0, 0, 0, 0, 3];
+        bytes.extend(std::iter::repeat_n(b'a', 8 << 20));
+        bytes.push(0);
+        bytes.extend(&member(b"data")[10..]);
+        assert_eq!(read_all(&bytes, 64 * 1024).unwrap(), b"data");
+    }
+}
