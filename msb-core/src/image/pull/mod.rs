@@ -379,10 +379,18 @@ impl Puller {
                 .zip(compressions)
                 .map(|(tail, compression)| {
                     let reader = CancellableReader {
-                        inner: std::io::BufReader::with_capacity(1 << 20, tail.reader()),
+                        inner: tail.reader(),
                         cancelled: &cancelled,
                     };
-                    (Box::new(reader) as Box<dyn Read + Send>, compression)
+                    // Decoders read in large blocks through buffers of their
+                    // own; a plain tar is read a header (512 bytes) at a time.
+                    let reader: Box<dyn Read + Send> = match compression {
+                        Compression::None => {
+                            Box::new(std::io::BufReader::with_capacity(1 << 20, reader))
+                        }
+                        _ => Box::new(reader),
+                    };
+                    (reader, compression)
                 })
                 .collect();
             let applied = apply_layers(build.path(), streams, &options);
