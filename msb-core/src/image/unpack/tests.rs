@@ -511,16 +511,34 @@ fn ownership_and_xattrs_when_root() {
     );
 }
 
-/// A layer entry with an owner, for the ownership tests.
-fn owned(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, mode: u32, ids: (u64, u64)) {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(0);
-    h.set_uid(ids.0);
-    h.set_gid(ids.1);
-    h.set_mtime(7);
-    b.append_data(&mut h, name, &b""[..]).unwrap();
+/// A layer of owned entries, for the ownership tests: (name, type, mode,
+/// (uid, gid)); a symlink is named `link=>target`.
+fn owned_layer(entries: &[(&str, EntryType, u32, (u64, u64))]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for &(name, kind, mode, (uid, gid)) in entries {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(7);
+        match name.split_once("=>") {
+            Some((link, target)) => b.append_link(&mut h, link, target).unwrap(),
+            None => b.append_data(&mut h, name, &b""[..]).unwrap(),
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// A sandbox and options that give entries their owners: only as root.
+fn owning_sandbox() -> Option<(Sandbox, UnpackOptions)> {
+    nix::unistd::geteuid().is_root().then(|| {
+        (
+            Sandbox::new(),
+            UnpackOptions::default().preserve_ownership(true),
+        )
+    })
 }
 
 fn mode_and_owner(path: &Path) -> (u32, u32, u32) {
@@ -533,22 +551,21 @@ fn setgid_parents_and_lower_layers_never_leak_their_group_or_bit() {
     // Entries created in a setgid directory get its group (and, for
     // directories, its setgid bit) from the kernel: whatever skips chown or
     // chmod for entries in directories it created must not skip them here.
-    if !nix::unistd::geteuid().is_root() {
+    let Some((sb, o)) = owning_sandbox() else {
         return;
-    }
-    let sb = Sandbox::new();
+    };
     let root = sb.root();
-    let o = UnpackOptions::default().preserve_ownership(true);
-    let mut b = tar::Builder::new(Vec::new());
-    owned(&mut b, "shared/", EntryType::Directory, 0o2775, (0, 1234));
-    owned(&mut b, "shared/f", EntryType::Regular, 0o644, (0, 0));
-    owned(&mut b, "shared/sub/", EntryType::Directory, 0o755, (0, 0));
-    owned(&mut b, "shared/sub/g", EntryType::Regular, 0o644, (0, 0));
-    owned(&mut b, "plain/", EntryType::Directory, 0o755, (0, 0));
-    owned(&mut b, "plain/h", EntryType::Regular, 0o640, (0, 0));
-    owned(&mut b, "plain/x", EntryType::Regular, 0o666, (0, 0));
-    owned(&mut b, "plain/y", EntryType::Regular, 0o755, (5, 6));
-    let lower = b.into_inner().unwrap();
+    let (dir, file) = (EntryType::Directory, EntryType::Regular);
+    let lower = owned_layer(&[
+        ("shared/", dir, 0o2775, (0, 1234)),
+        ("shared/f", file, 0o644, (0, 0)),
+        ("shared/sub/", dir, 0o755, (0, 0)),
+        ("shared/sub/g", file, 0o644, (0, 0)),
+        ("plain/", dir, 0o755, (0, 0)),
+        ("plain/h", file, 0o640, (0, 0)),
+        ("plain/x", file, 0o666, (0, 0)),
+        ("plain/y", file, 0o755, (5, 6)),
+    ]);
     apply_layer(&root, &lower[..], Compression::None, &o).unwrap();
     assert_eq!(mode_and_owner(&root.join("shared")), (0o2775, 0, 1234));
     assert_eq!(mode_and_owner(&root.join("shared/f")), (0o644, 0, 0));
@@ -561,11 +578,11 @@ fn setgid_parents_and_lower_layers_never_leak_their_group_or_bit() {
 
     // An upper layer: `plain` becomes setgid and group 1234 in a lower
     // layer's directory; the entries below it must still get their own.
-    let mut b = tar::Builder::new(Vec::new());
-    owned(&mut b, "plain/", EntryType::Directory, 0o2755, (0, 1234));
-    owned(&mut b, "plain/new", EntryType::Regular, 0o644, (0, 0));
-    owned(&mut b, "plain/newdir/", EntryType::Directory, 0o755, (0, 0));
-    let upper = b.into_inner().unwrap();
+    let upper = owned_layer(&[
+        ("plain/", dir, 0o2755, (0, 1234)),
+        ("plain/new", file, 0o644, (0, 0)),
+        ("plain/newdir/", dir, 0o755, (0, 0)),
+    ]);
     apply_layer(&root, &upper[..], Compression::None, &o).unwrap();
     assert_eq!(mode_and_owner(&root.join("plain")), (0o2755, 0, 1234));
     assert_eq!(mode_and_owner(&root.join("plain/new")), (0o644, 0, 0));
@@ -574,24 +591,19 @@ fn setgid_parents_and_lower_layers_never_leak_their_group_or_bit() {
 
 #[test]
 fn a_known_directory_replaced_by_a_symlink_is_known_no_more() {
-    if !nix::unistd::geteuid().is_root() {
+    let Some((sb, o)) = owning_sandbox() else {
         return;
-    }
-    let sb = Sandbox::new();
+    };
     let root = sb.root();
-    let o = UnpackOptions::default().preserve_ownership(true);
-    let mut b = tar::Builder::new(Vec::new());
-    owned(&mut b, "d/", EntryType::Directory, 0o755, (0, 0));
-    owned(&mut b, "e/", EntryType::Directory, 0o2777, (0, 1234));
+    let (dir, file) = (EntryType::Directory, EntryType::Regular);
     // `d` becomes a symlink to the setgid `e`: `d/f` lands in `e`.
-    let mut h = Header::new_gnu();
-    h.set_entry_type(EntryType::Symlink);
-    h.set_mode(0o777);
-    h.set_size(0);
-    b.append_link(&mut h, "d", "e").unwrap();
-    owned(&mut b, "d/f", EntryType::Regular, 0o644, (0, 0));
-    owned(&mut b, "d/g/", EntryType::Directory, 0o755, (0, 0));
-    let layer = b.into_inner().unwrap();
+    let layer = owned_layer(&[
+        ("d/", dir, 0o755, (0, 0)),
+        ("e/", dir, 0o2777, (0, 1234)),
+        ("d=>e", EntryType::Symlink, 0o777, (0, 0)),
+        ("d/f", file, 0o644, (0, 0)),
+        ("d/g/", dir, 0o755, (0, 0)),
+    ]);
     apply_layer(&root, &layer[..], Compression::None, &o).unwrap();
     assert_eq!(mode_and_owner(&root.join("e/f")), (0o644, 0, 0));
     assert_eq!(mode_and_owner(&root.join("e/g")), (0o755, 0, 0));
