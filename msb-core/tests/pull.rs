@@ -9,7 +9,9 @@ use msb_core::image::registry::Progress;
 use msb_core::image::store::PullPolicy;
 use msb_core::image::{Digest, PullOptions, Reference};
 use test_utils::TestHome;
-use test_utils::images::{busybox_image, layered_image, multi_platform_index};
+use test_utils::images::{
+    Compression, ImageBuilder, LayerBuilder, busybox_image, layered_image, multi_platform_index,
+};
 use test_utils::pull::{mirror_puller, runtime, store_tmp_is_empty};
 use test_utils::registry::TestRegistry;
 
@@ -136,12 +138,37 @@ fn unknown_image_is_a_typed_error_and_leaves_nothing() {
 
 #[test]
 fn corrupted_layer_in_the_registry_is_a_digest_mismatch_and_caches_nothing() {
+    // The middle of busybox's largest layer.
+    corrupt_layer_pull(busybox_image(), |len| len / 2);
+}
+
+#[test]
+fn a_layer_corrupt_from_its_first_bytes_is_still_a_digest_mismatch() {
+    // 8 MiB that do not compress, corrupted right after the gzip header:
+    // the layer fails to unpack long before its download ends and its
+    // digest is checked. The digest mismatch, the cause, is the error.
+    let mut noise = Vec::with_capacity(8 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 8 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut layer = LayerBuilder::new();
+    layer.file("noise", &noise, 0o644);
+    corrupt_layer_pull(ImageBuilder::new().layer(layer, Compression::Gzip), |_| 12);
+}
+
+/// Pushes `image`, flips the byte at `at(len)` of its largest layer in the
+/// registry's own storage (which then serves content that does not match
+/// the digest the manifest names), pulls it, and checks the pull fails with
+/// a digest mismatch and leaves nothing behind.
+fn corrupt_layer_pull(image: ImageBuilder, at: impl Fn(usize) -> usize) {
     let registry = TestRegistry::start();
-    let pushed = busybox_image()
+    let pushed = image
         .push_blocking(&registry, "test/corrupt", "v1")
         .unwrap();
-    // Flip bytes of the largest layer in the registry's own storage: it now
-    // serves content that does not match the digest the manifest names.
     let (layer, _) = pushed
         .layer_digests
         .iter()
@@ -150,8 +177,8 @@ fn corrupted_layer_in_the_registry_is_a_digest_mismatch_and_caches_nothing() {
         .unwrap();
     let path = registry.blob_path(layer);
     let mut bytes = std::fs::read(&path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
+    let at = at(bytes.len());
+    bytes[at] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
 
     let home = TestHome::new();

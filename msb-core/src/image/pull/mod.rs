@@ -281,6 +281,8 @@ impl Puller {
         };
         let mut download = None;
         let mut outcome = None;
+        // An applier error that waits for the downloads: see below.
+        let mut unpack_error = None;
         while !tasks.is_empty() || applier.is_some() {
             tokio::select! {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
@@ -318,6 +320,14 @@ impl Puller {
                         Ok(Ok(Some(applied))) => outcome = Some(applied),
                         // Stopped because a download failed: that error wins.
                         Ok(Ok(None)) => {}
+                        // A layer that does not unpack may be one whose download is
+                        // corrupt: its digest mismatch, found when the download
+                        // ends, is the cause and wins. The downloads run on (their
+                        // sizes bound them); without a download error this one is
+                        // the pull's.
+                        Ok(Err(e)) if !tasks.is_empty() && first_error.is_none() => {
+                            unpack_error = Some(e);
+                        }
                         Ok(Err(e)) => fail(Some(e), &mut first_error, &mut commit),
                         Err(e) => {
                             panicked.get_or_insert(e.into_panic());
@@ -330,7 +340,7 @@ impl Puller {
         if let Some(payload) = panicked {
             std::panic::resume_unwind(payload);
         }
-        if let Some(e) = first_error {
+        if let Some(e) = first_error.or(unpack_error) {
             return Err(e);
         }
         let (rootfs, unpack) = outcome.expect("the applier finished without error or cancellation");
