@@ -263,6 +263,38 @@ mod tests {
     }
 
     #[test]
+    fn layers_arrive_in_order_and_stopping_stops_the_decoders_ahead() {
+        let big = gzip(&vec![7; 64 << 20]);
+        let mut corrupt = gzip(&pattern(2 * CHUNK));
+        let n = corrupt.len();
+        corrupt[n / 2] ^= 0xff;
+        let layers = || -> Vec<Encoded<'_>> {
+            vec![
+                (Box::new(&b"plain"[..]), Compression::None),
+                (Box::new(&big[..]), Compression::Gzip),
+                (Box::new(&corrupt[..]), Compression::Gzip),
+            ]
+        };
+        // Every layer, in order; the corrupt one fails when it is read (its
+        // CRC, checked here, is what a flipped byte is sure to break).
+        let mut seen = Vec::new();
+        decompressed_layers(layers(), true, |index, r| {
+            let mut out = Vec::new();
+            seen.push((index, r.read_to_end(&mut out).map(|_| out.len()).is_ok()));
+            true
+        });
+        assert_eq!(seen, [(0, true), (1, true), (2, false)]);
+        // Stopping after the first layer: the decoders of the 64 MiB layer
+        // (far more than its channel holds) and the next one stop too.
+        let mut applied = 0;
+        decompressed_layers(layers(), false, |_, _| {
+            applied += 1;
+            false
+        });
+        assert_eq!(applied, 1);
+    }
+
+    #[test]
     fn an_applier_that_stops_early_stops_the_decoder() {
         // 64 MiB of zeros: far more than the channel holds. Returning after
         // one read must not hang the scope waiting for the decoder.
