@@ -36,36 +36,6 @@ const GZIP_INPUT_BUF: usize = 128 * 1024;
 /// A layer to decode: its compressed stream and how it is compressed.
 pub(super) type Encoded<'r> = (Box<dyn Read + Send + 'r>, Compression);
 
-/// Runs `apply` on the decompressed stream of `reader`. Compressed streams
-/// are decoded on a second thread while `apply` runs; an uncompressed one
-/// is read directly.
-///
-/// Decoder errors reach `apply` as read errors, at the point of the stream
-/// where they happened. When `apply` returns early (an error), the decoder
-/// thread stops at its next chunk.
-pub(super) fn decompressed<R, T>(
-    reader: R,
-    compression: Compression,
-    gzip_crc: bool,
-    apply: impl FnOnce(&mut dyn Read) -> T,
-) -> T
-where
-    R: Read + Send,
-{
-    let mut apply = Some(apply);
-    let mut out = None;
-    decompressed_layers(
-        vec![(Box::new(reader) as Box<dyn Read + Send>, compression)],
-        gzip_crc,
-        |_, stream| {
-            let apply = apply.take().expect("one layer");
-            out = Some(apply(stream));
-            true
-        },
-    );
-    out.expect("the one layer was applied")
-}
-
 /// Runs `apply` on the decompressed stream of each layer in turn, until it
 /// returns `false`, while the next layer decodes ahead. Compressed layers
 /// are decoded on threads of their own; uncompressed ones are read directly.
@@ -77,7 +47,7 @@ where
 pub(super) fn decompressed_layers<'r>(
     layers: Vec<Encoded<'r>>,
     gzip_crc: bool,
-    mut apply: impl FnMut(usize, &mut dyn Read) -> bool,
+    mut apply: impl FnMut(&mut dyn Read) -> bool,
 ) {
     std::thread::scope(|scope| {
         let mut layers = layers.into_iter();
@@ -102,13 +72,11 @@ pub(super) fn decompressed_layers<'r>(
             }))
         };
         let mut next = start(layers.next());
-        let mut index = 0;
         while let Some(mut current) = next.take() {
             next = start(layers.next());
-            if !apply(index, &mut current) {
+            if !apply(&mut current) {
                 break;
             }
-            index += 1;
         }
         // The streams not applied drop here, before the scope joins their
         // decoders: a decoder blocked on a full channel sees it closed and
@@ -216,6 +184,23 @@ mod tests {
         encoder.finish().unwrap()
     }
 
+    /// One layer through [`decompressed_layers`], returning what `apply`
+    /// made of its stream.
+    fn decompressed<T>(
+        reader: &[u8],
+        compression: Compression,
+        gzip_crc: bool,
+        apply: impl FnOnce(&mut dyn Read) -> T,
+    ) -> T {
+        let mut apply = Some(apply);
+        let mut out = None;
+        decompressed_layers(vec![(Box::new(reader), compression)], gzip_crc, |stream| {
+            out = Some((apply.take().expect("one layer"))(stream));
+            true
+        });
+        out.expect("the one layer was applied")
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 1000) as u8).collect()
     }
@@ -278,16 +263,19 @@ mod tests {
         // Every layer, in order; the corrupt one fails when it is read (its
         // CRC, checked here, is what a flipped byte is sure to break).
         let mut seen = Vec::new();
-        decompressed_layers(layers(), true, |index, r| {
+        decompressed_layers(layers(), true, |r| {
             let mut out = Vec::new();
-            seen.push((index, r.read_to_end(&mut out).map(|_| out.len()).is_ok()));
+            seen.push((
+                seen.len(),
+                r.read_to_end(&mut out).map(|_| out.len()).is_ok(),
+            ));
             true
         });
         assert_eq!(seen, [(0, true), (1, true), (2, false)]);
         // Stopping after the first layer: the decoders of the 64 MiB layer
         // (far more than its channel holds) and the next one stop too.
         let mut applied = 0;
-        decompressed_layers(layers(), false, |_, _| {
+        decompressed_layers(layers(), false, |_| {
             applied += 1;
             false
         });

@@ -350,9 +350,8 @@ pub fn apply_layer(
     compression: Compression,
     opts: &UnpackOptions,
 ) -> Result<LayerStats> {
-    decode::decompressed(reader, compression, opts.gzip_crc, |tar| {
-        apply::apply_tar(root, tar, opts)
-    })
+    let mut applied = apply_layers(root, vec![(Box::new(reader), compression)], opts)?;
+    Ok(applied.pop().expect("one layer applied"))
 }
 
 /// Apply `layers` (each a stream and its compression) in order onto the
@@ -392,7 +391,7 @@ pub fn apply_layers<'r>(
 ) -> Result<Vec<LayerStats>> {
     let mut applied = Vec::with_capacity(layers.len());
     let mut failed = None;
-    decode::decompressed_layers(layers, opts.gzip_crc, |_, tar| {
+    decode::decompressed_layers(layers, opts.gzip_crc, |tar| {
         match apply::apply_tar(root, tar, opts) {
             Ok(stats) => {
                 applied.push(stats);
