@@ -328,7 +328,9 @@ impl Applier<'_> {
                         None
                     }
                 };
-                (Rc::new(fd), known)
+                let fd = Rc::new(fd);
+                self.resolver.entered(dirs, leaf, Rc::clone(&fd));
+                (fd, known)
             }
         };
         self.chown(Target::Fd(fd.as_fd()), meta, name, parent)?;
@@ -661,10 +663,15 @@ impl Applier<'_> {
         }
     }
 
-    /// Apply directories' deferred modes and times, deepest first.
+    /// Apply directories' deferred modes and times, every directory after
+    /// all that is below it: in reverse lexicographic order of their
+    /// components, which keeps each directory's contents together (so the
+    /// resolver's cached chain mostly holds the parent already) and puts
+    /// them before the directory itself. A directory listed twice gets
+    /// what its last entry says (the sort is stable).
     fn finish(&mut self) -> Result<()> {
         let mut deferred = std::mem::take(&mut self.deferred);
-        deferred.sort_by_key(|d| std::cmp::Reverse(d.comps.len()));
+        deferred.sort_by(|a, b| b.comps.cmp(&a.comps));
         for d in deferred {
             let comps: Vec<&[u8]> = d.comps.iter().map(Vec::as_slice).collect();
             let name = path_of(&join(&comps));

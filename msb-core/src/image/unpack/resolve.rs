@@ -140,6 +140,23 @@ impl Resolver {
         self.cache.clear();
     }
 
+    /// `dir`, just opened (without following a symlink) as the directory
+    /// `leaf` of `dirs`, is where the next entries probably go (tar lists a
+    /// directory's contents after it): cache it, so that they find it
+    /// without opening it again. Ignored unless `dirs` is the chain the
+    /// cache holds.
+    pub(crate) fn entered(&mut self, dirs: &[&[u8]], leaf: &[u8], dir: Rc<OwnedFd>) {
+        let holds_dirs = self.cache.len() == dirs.len()
+            && self
+                .cache
+                .iter()
+                .zip(dirs)
+                .all(|((name, _), d)| name.as_slice() == *d);
+        if holds_dirs {
+            self.cache.push((leaf.to_vec(), dir));
+        }
+    }
+
     /// The directory named by `dirs` (logical components from the root).
     /// Missing directories are created (mode 0755) when `create`, else the
     /// answer is `None`. `entry` names the layer entry, for errors.

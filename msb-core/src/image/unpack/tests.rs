@@ -3,6 +3,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use tar::{EntryType, Header};
@@ -167,6 +168,98 @@ fn files_dirs_symlinks_hardlinks_modes_mtimes() {
     assert_eq!(doc.permissions().mode() & 0o7777, 0o1777);
     assert_eq!(fs::read(root.join("abs/file")).unwrap(), b"x");
     sb.assert_outside_untouched();
+}
+
+#[test]
+fn every_directory_gets_its_own_mtime_after_its_contents() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let dir = EntryType::Directory;
+    let layer = Layer::new()
+        .with_mtime("a/", dir, 0o755, 100, b"")
+        .with_mtime("a/b/", dir, 0o755, 200, b"")
+        .file("a/b/f", b"f", 0o644)
+        .with_mtime("a/b/c/", dir, 0o755, 300, b"")
+        .file("a/b/c/g", b"g", 0o644)
+        .with_mtime("a/x/", dir, 0o755, 400, b"")
+        .with_mtime("z/", dir, 0o755, 500, b"")
+        .file("z/y", b"y", 0o644)
+        // Listed again, after entries inside it: the last entry wins.
+        .with_mtime("a/", dir, 0o755, 600, b"")
+        .file("a/b/late", b"late", 0o644)
+        .bytes();
+    apply(&root, &layer).unwrap();
+    for (path, mtime) in [
+        ("a", 600),
+        ("a/b", 200),
+        ("a/b/c", 300),
+        ("a/x", 400),
+        ("z", 500),
+    ] {
+        assert_eq!(
+            fs::metadata(root.join(path)).unwrap().mtime(),
+            mtime,
+            "{path}"
+        );
+    }
+    assert_eq!(fs::read(root.join("a/b/late")).unwrap(), b"late");
+    sb.assert_outside_untouched();
+}
+
+/// Set in the child process of
+/// [`unprivileged_directories_get_modes_that_lock_their_owner_out_last`]:
+/// the root to unpack into, as `nobody`.
+const AS_NOBODY_ROOT: &str = "MSB_TEST_UNPACK_AS_NOBODY_ROOT";
+
+/// Directories whose modes would stop an unprivileged caller from writing
+/// or searching in them (`0600`, `0500`) get them only after everything
+/// below them, deepest first; as root nothing is deferred, so the test runs
+/// the unpack as `nobody` in a child process (the test binary itself).
+#[test]
+fn unprivileged_directories_get_modes_that_lock_their_owner_out_last() {
+    let dir = EntryType::Directory;
+    let layer = Layer::new()
+        .with_mtime("top/", dir, 0o500, 100, b"")
+        .with_mtime("top/locked/", dir, 0o600, 200, b"")
+        .file("top/locked/f", b"f", 0o644)
+        .with_mtime("top/locked/deeper/", dir, 0o500, 300, b"")
+        .file("top/locked/deeper/g", b"g", 0o644)
+        .with_mtime("top/open/", dir, 0o755, 400, b"")
+        .bytes();
+    if let Some(root) = std::env::var_os(AS_NOBODY_ROOT) {
+        assert!(!nix::unistd::geteuid().is_root());
+        apply(Path::new(&root), &layer).unwrap();
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the unpack as nobody");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let root = scratch.path().join("root");
+    fs::create_dir(&root).unwrap();
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "image::unpack::tests::unprivileged_directories_get_modes_that_lock_their_owner_out_last"])
+        .env(AS_NOBODY_ROOT, &root)
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the unpack as nobody failed: {status}");
+    for (path, mode, mtime) in [
+        ("top", 0o500, 100),
+        ("top/locked", 0o600, 200),
+        ("top/locked/deeper", 0o500, 300),
+        ("top/open", 0o755, 400),
+    ] {
+        let meta = fs::metadata(root.join(path)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
+        assert_eq!(meta.mtime(), mtime, "{path}");
+        assert_eq!(meta.uid(), 65534, "{path}");
+    }
+    assert_eq!(fs::read(root.join("top/locked/deeper/g")).unwrap(), b"g");
 }
 
 #[test]
