@@ -237,6 +237,8 @@ fn reset_peak_rss() -> Result<()> {
 struct Measured {
     wall: Duration,
     max_rss_kib: u64,
+    /// User plus system CPU time of the child (all its threads).
+    cpu: Duration,
     stdout: String,
 }
 
@@ -289,12 +291,36 @@ fn measure(cmd: &mut Command) -> Result<Measured> {
         };
         return Err(format!("{what} failed ({how}):\n{}", tail.join("\n")).into());
     }
+    let timeval = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
     Ok(Measured {
         wall,
         // Linux reports ru_maxrss in KiB.
         max_rss_kib: usage.ru_maxrss.max(0) as u64,
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
     })
+}
+
+/// The CPU time process `pid` has used so far, all its threads together,
+/// to the nanosecond (`/proc/<pid>/task/*/schedstat`: the clock-tick
+/// counters of `stat` are too coarse for one pull's worth of serving).
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may exit between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        let ns: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("unexpected schedstat {stat:?} of process {pid}"))?;
+        total += Duration::from_nanos(ns);
+    }
+    Ok(total)
 }
 
 /// `wait4(pid)`, retried on `EINTR`: the exit status and resource usage.
@@ -335,6 +361,10 @@ fn describe(cmd: &Command) -> String {
 struct OurPull {
     wall: Duration,
     max_rss_kib: u64,
+    /// CPU time of the pull's process.
+    cpu: Duration,
+    /// CPU time the registry spent meanwhile (serving it).
+    registry_cpu: Duration,
     /// The child's own `VmHWM`, read just before it exits.
     vmhwm_kib: u64,
     rootfs: PathBuf,
@@ -345,8 +375,14 @@ struct OurPull {
     total: Duration,
 }
 
-fn our_pull(home: &Path, reference: &str, policy: &str) -> Result<OurPull> {
+fn our_pull(
+    home: &Path,
+    reference: &str,
+    policy: &str,
+    registry: &TestRegistry,
+) -> Result<OurPull> {
     let exe = std::env::current_exe()?;
+    let registry_before = process_cpu(registry.pid())?;
     let m = measure(
         Command::new(exe)
             .arg("pull-once")
@@ -354,6 +390,7 @@ fn our_pull(home: &Path, reference: &str, policy: &str) -> Result<OurPull> {
             .arg(home)
             .args(["--reference", reference, "--policy", policy]),
     )?;
+    let registry_cpu = process_cpu(registry.pid())?.saturating_sub(registry_before);
     let line = m.stdout.lines().last().ok_or("pull-once printed nothing")?;
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("pull-once printed {line:?}: {e}"))?;
@@ -361,6 +398,8 @@ fn our_pull(home: &Path, reference: &str, policy: &str) -> Result<OurPull> {
     Ok(OurPull {
         wall: m.wall,
         max_rss_kib: m.max_rss_kib,
+        cpu: m.cpu,
+        registry_cpu,
         vmhwm_kib: v["vmhwm_kib"].as_u64().unwrap_or(0),
         rootfs: PathBuf::from(v["rootfs"].as_str().ok_or("pull-once: no rootfs")?),
         fetched: v["fetched"].as_bool().unwrap_or(true),
@@ -430,6 +469,14 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
         .map(|l| l.uncompressed_size)
         .sum();
     let layer_count = pushed.layer_sizes.len();
+    let largest = pushed
+        .built
+        .layers
+        .iter()
+        .filter(|l| l.media_type.ends_with("gzip"))
+        .max_by_key(|l| l.blob.len())
+        .ok_or("the Debian image has no gzip layer")?;
+    let inflate_floor = inflate_alone(&largest.blob)?;
     drop((debian, pushed));
 
     // A one-file image: the yardstick for "warm is O(1) in image size".
@@ -464,9 +511,9 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
         std::fs::create_dir_all(&home)?;
         let (peer, c) = if round % 2 == 0 {
             let peer = peer_pull(&peer_dir, &source)?;
-            (peer, our_pull(&home, &reference, "always")?)
+            (peer, our_pull(&home, &reference, "always", &registry)?)
         } else {
-            let c = our_pull(&home, &reference, "always")?;
+            let c = our_pull(&home, &reference, "always", &registry)?;
             (peer_pull(&peer_dir, &source)?, c)
         };
         if !c.fetched {
@@ -474,17 +521,22 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
         }
         let tiny_home = scratch.path().join(format!("tiny-{round}"));
         std::fs::create_dir_all(&tiny_home)?;
-        our_pull(&tiny_home, &tiny.reference, "always")?;
+        our_pull(&tiny_home, &tiny.reference, "always", &registry)?;
         // Warm pulls are a few ms: take several, interleaved with the
         // 1-file image's, so load on the machine hits both alike.
         let (mut w, mut tw) = (Vec::new(), Vec::new());
         for _ in 0..WARM_REPEATS {
-            let pulled = our_pull(&home, &reference, "if-missing")?;
+            let pulled = our_pull(&home, &reference, "if-missing", &registry)?;
             if pulled.fetched || pulled.rootfs != c.rootfs {
                 return Err("the warm pull was not served from the cache".into());
             }
             w.push(pulled);
-            tw.push(our_pull(&tiny_home, &tiny.reference, "if-missing")?);
+            tw.push(our_pull(
+                &tiny_home,
+                &tiny.reference,
+                "if-missing",
+                &registry,
+            )?);
         }
 
         if correctness.is_none() {
@@ -630,6 +682,27 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
         secs(peers_s.max),
     );
 
+    println!(
+        "floor  inflating the largest layer alone (one core, in memory, no CRC, as a pull does) takes {} \
+         = {:.3}x of peers' median: a gzip stream inflates on one thread, so no pull beats that plus \
+         its first byte's arrival; ours cold is {} more",
+        secs(inflate_floor),
+        inflate_floor.as_secs_f64() / peers_s.median.as_secs_f64().max(1e-9),
+        secs(cold_s.median.saturating_sub(inflate_floor)),
+    );
+    let cpu = Stats::of(&cold.iter().map(|p| p.cpu).collect::<Vec<_>>());
+    let registry_cpu = Stats::of(&cold.iter().map(|p| p.registry_cpu).collect::<Vec<_>>());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spread = (cpu.median + registry_cpu.median) / cores as u32;
+    println!(
+        "cpu    a cold pull costs {} of CPU (user+sys, median) and the registry {} serving it: \
+         spread perfectly over {cores} CPUs that is {} = {:.3}x of peers' median",
+        secs(cpu.median),
+        secs(registry_cpu.median),
+        secs(spread),
+        spread.as_secs_f64() / peers_s.median.as_secs_f64().max(1e-9),
+    );
+
     // Warm is O(1) in image size when the image is served as fast as a
     // one-file image, within process-start noise (minimums: least noisy).
     let warm_limit = (tiny_s.min.mul_f64(1.5)).max(tiny_s.min + Duration::from_millis(2));
@@ -692,6 +765,59 @@ impl Stats {
             max: v.last().copied().unwrap_or_default(),
         }
     }
+}
+
+/// How long one core takes to inflate the gzip stream `gzip` in memory the
+/// way a pull does (raw deflate, no CRC-32, into a reused 512 KiB buffer):
+/// the best of three. Only the first member counts (the fixture's layers
+/// have one).
+fn inflate_alone(gzip: &[u8]) -> Result<Duration> {
+    let body = gzip_body(gzip).ok_or("the largest layer is not a gzip stream")?;
+    let mut out = vec![0u8; 512 * 1024];
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut inflate = flate2::Decompress::new(false);
+        loop {
+            let consumed = inflate.total_in() as usize;
+            let status =
+                inflate.decompress(&body[consumed..], &mut out, flate2::FlushDecompress::None)?;
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+            if inflate.total_in() as usize == consumed && consumed == body.len() {
+                return Err("the largest layer's gzip stream is truncated".into());
+            }
+        }
+        best = best.min(started.elapsed());
+    }
+    Ok(best)
+}
+
+/// The deflate data of a gzip member: past its header (RFC 1952, 2.3).
+fn gzip_body(gzip: &[u8]) -> Option<&[u8]> {
+    const FHCRC: u8 = 1 << 1;
+    const FEXTRA: u8 = 1 << 2;
+    const FNAME: u8 = 1 << 3;
+    const FCOMMENT: u8 = 1 << 4;
+    if gzip.get(..3)? != [0x1f, 0x8b, 8] {
+        return None;
+    }
+    let flags = *gzip.get(3)?;
+    let mut at = 10;
+    if flags & FEXTRA != 0 {
+        let len = u16::from_le_bytes([*gzip.get(at)?, *gzip.get(at + 1)?]);
+        at += 2 + usize::from(len);
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag != 0 {
+            at += gzip.get(at..)?.iter().position(|&b| b == 0)? + 1;
+        }
+    }
+    if flags & FHCRC != 0 {
+        at += 2;
+    }
+    gzip.get(at..)
 }
 
 fn secs(d: Duration) -> String {
