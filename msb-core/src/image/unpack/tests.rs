@@ -213,8 +213,8 @@ const AS_NOBODY_ROOT: &str = "MSB_TEST_UNPACK_AS_NOBODY_ROOT";
 
 /// Directories whose modes would stop an unprivileged caller from writing
 /// or searching in them (`0600`, `0500`) get them only after everything
-/// below them, deepest first; as root nothing is deferred, so the test runs
-/// the unpack as `nobody` in a child process (the test binary itself).
+/// below them; as root nothing is deferred, so the test runs the unpack as
+/// `nobody` in a child process (the test binary itself).
 #[test]
 fn unprivileged_directories_get_modes_that_lock_their_owner_out_last() {
     let dir = EntryType::Directory;
