@@ -227,3 +227,74 @@ fn concurrent_pulls_of_one_image_share_the_cache() {
     assert!(ra.rootfs.join("bin/busybox").is_file());
     assert!(store_tmp_is_empty(home.path()));
 }
+
+#[test]
+fn a_tree_that_may_have_lost_data_in_a_crash_is_unpacked_again_offline() {
+    let registry = TestRegistry::start();
+    busybox_image()
+        .push_blocking(&registry, "test/crash", "v1")
+        .unwrap();
+    let home = TestHome::new();
+    let puller = mirror_puller(&registry, &home);
+    let reference: Reference = format!("{}/test/crash:v1", registry.host())
+        .parse()
+        .unwrap();
+    let rt = runtime();
+    let cold = rt
+        .block_on(puller.pull(&reference, &PullOptions::default()))
+        .unwrap();
+    let busybox = cold.rootfs.join("bin/busybox");
+    let size = std::fs::metadata(&busybox).unwrap().len();
+
+    // What a power loss soon after the pull leaves: the tree's names, some
+    // of its files empty (never written back), and its marker, written in
+    // a boot that is over.
+    std::fs::write(&busybox, b"").unwrap();
+    let marker = cold.rootfs.parent().unwrap().join(".complete");
+    std::fs::write(
+        &marker,
+        format!(
+            "{}\nboot 0f0f0f0f-1111-2222-3333-444455556666\n",
+            cold.manifest_digest
+        ),
+    )
+    .unwrap();
+    // No registry from here on: the blobs in the store suffice.
+    drop(registry);
+
+    let options = PullOptions {
+        policy: PullPolicy::Never,
+        ..PullOptions::default()
+    };
+    let again = rt.block_on(puller.pull(&reference, &options)).unwrap();
+    assert!(!again.fetched, "unpacked from the store, not fetched");
+    assert_eq!(again.rootfs, cold.rootfs);
+    assert_eq!(std::fs::metadata(&busybox).unwrap().len(), size);
+    let ran = std::process::Command::new(&busybox)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(ran.success(), "the restored busybox runs");
+    assert!(puller.store().has_tree(&again.manifest_digest));
+    assert!(store_tmp_is_empty(home.path()));
+
+    // Without a layer blob it cannot be rebuilt: a `never` pull of a tree
+    // of an earlier boot is then not found, as if it were not there.
+    std::fs::write(
+        &marker,
+        format!(
+            "{}\nboot 0f0f0f0f-1111-2222-3333-444455556666\n",
+            again.manifest_digest
+        ),
+    )
+    .unwrap();
+    let layer = std::fs::read_dir(home.path().join("images/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    std::fs::remove_file(layer).unwrap();
+    let err = rt.block_on(puller.pull(&reference, &options)).unwrap_err();
+    assert!(matches!(err, Error::ImageNotFound { .. }), "{err}");
+    assert!(store_tmp_is_empty(home.path()));
+}

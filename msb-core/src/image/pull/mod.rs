@@ -33,7 +33,8 @@ use tokio::task::JoinSet;
 
 use self::tail::{Tail, Tails};
 
-use super::registry::{Descriptor, Platform, Progress, ProgressSink, RegistryClient};
+use super::registry::manifest::parse_manifest;
+use super::registry::{Descriptor, Manifest, Platform, Progress, ProgressSink, RegistryClient};
 use super::store::{BlobWriter, ImageMeta, ImageStore, PullPolicy};
 use super::unpack::{Compression, UnpackOptions, apply_layers};
 use super::{Digest, Reference};
@@ -171,7 +172,16 @@ impl Puller {
             reference.clone(),
             resolved.digest.clone(),
         );
-        blocking(move || store.tag(&r, &digest, meta)).await?;
+        blocking(move || {
+            store.tag(&r, &digest, meta)?;
+            // Unrelated to this pull's own tree (too recent), but trees
+            // committed a while ago can be made durable now, cheaply.
+            if let Err(e) = store.settle_trees(SETTLE_AGE) {
+                tracing::warn!(error = %e, "could not mark trees synced");
+            }
+            Ok(())
+        })
+        .await?;
         timings.total = started.elapsed();
         tracing::info!(%reference, digest = %resolved.digest, ?timings, "pulled");
         Ok(PulledImage {
@@ -184,15 +194,18 @@ impl Puller {
     }
 
     /// The cached image for `reference`, if it is tagged and its tree is
-    /// complete.
+    /// complete, or can be unpacked again from the store's blobs (see
+    /// [`unpack_stored`]).
     async fn cached(&self, reference: &Reference) -> Result<Option<PulledImage>> {
         let started = Instant::now();
-        let (store, r) = (self.store.clone(), reference.clone());
+        let (store, r, options) = (self.store.clone(), reference.clone(), self.unpack.clone());
         blocking(move || {
             let Some(record) = store.resolve(&r)? else {
                 return Ok(None);
             };
-            if !store.has_tree(&record.manifest_digest) {
+            if !store.has_tree(&record.manifest_digest)
+                && unpack_stored(&store, &record.manifest_digest, &r, &options)?.is_none()
+            {
                 return Ok(None);
             }
             Ok(Some(PulledImage {
@@ -417,6 +430,57 @@ impl Puller {
             Ok(Some((rootfs, started.elapsed())))
         })
     }
+}
+
+/// How old a committed tree must be before a pull syncs the file system to
+/// mark it durable: the kernel writes dirty data back after 30 s by default
+/// (`vm.dirty_expire_centisecs`), so by then the sync has little to do.
+const SETTLE_AGE: Duration = Duration::from_secs(60);
+
+/// Unpacks the tree of the stored image manifest `manifest` (tagged as
+/// `reference`) from the store's blobs, without the network, and commits
+/// it: for a tagged image whose tree was collected, or may have lost data
+/// in a crash (see the store's tree durability). `None` if a blob it needs
+/// is not in the store.
+fn unpack_stored(
+    store: &ImageStore,
+    manifest: &Digest,
+    reference: &Reference,
+    options: &UnpackOptions,
+) -> Result<Option<PathBuf>> {
+    let _lease = store.lease()?;
+    if !store.has_blob(manifest) {
+        return Ok(None);
+    }
+    let bytes = store.read_blob(manifest, true)?;
+    let Manifest::Image(image) = parse_manifest(&bytes, None, &reference.to_string())?.1 else {
+        return Ok(None);
+    };
+    let blobs = std::iter::once(&image.config).chain(&image.layers);
+    if !blobs.into_iter().all(|d| store.has_blob(&d.digest)) {
+        return Ok(None);
+    }
+    let mut streams = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
+            Error::UnsupportedMediaType {
+                media_type: layer.media_type.clone(),
+            }
+        })?;
+        let file = store.open_blob(&layer.digest)?;
+        // Decoders read in large blocks through buffers of their own; a
+        // plain tar is read a header (512 bytes) at a time.
+        let reader: Box<dyn Read + Send> = match compression {
+            Compression::None => Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+            _ => Box::new(file),
+        };
+        streams.push((reader, compression));
+    }
+    let build = store.begin_tree(manifest)?;
+    apply_layers(build.path(), streams, options)?;
+    let rootfs = build.commit()?;
+    tracing::info!(%reference, digest = %manifest, "unpacked the tree again from stored blobs");
+    Ok(Some(rootfs))
 }
 
 /// Runs blocking store and unpack work off the async threads.

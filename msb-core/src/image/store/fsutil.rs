@@ -108,6 +108,25 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The names in `dir` (empty if it does not exist); non-UTF-8 names are
+/// skipped with a warning.
+pub(crate) fn dir_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("read directory", dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        match entry.file_name().into_string() {
+            Ok(name) => names.push(name),
+            Err(name) => tracing::warn!(?name, dir = %dir.display(), "ignoring non-UTF-8 name"),
+        }
+    }
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use super::fsutil::{io_err, remove_tree_all};
+use super::fsutil::{dir_names, io_err, remove_tree_all};
 use super::lock::{Mode, lock};
 use super::tree::COMPLETE_MARKER;
 use super::{ALGORITHMS, CorruptionKind, ImageStore};
@@ -74,6 +74,8 @@ impl ImageStore {
     /// [`Error::CorruptStore`], removing nothing.
     pub fn gc_with(&self, options: &GcOptions) -> Result<GcStats> {
         let _gc = lock(&self.gc_lock_path(), Mode::Exclusive)?;
+        // Trees kept from here on should survive a crash too.
+        self.settle_trees_leased(Duration::ZERO)?;
         let (live_blobs, live_trees) = self.reachable()?;
         let mut stats = GcStats::default();
 
@@ -216,7 +218,6 @@ fn descriptors(json: &Value) -> Option<Vec<(Digest, bool)>> {
     known.then_some(out)
 }
 
-/// The names in `dir` (empty if it does not exist).
 /// Whether the process whose id a temporary entry's name records
 /// (`<prefix>.<pid>.<counter>.<nanos>`, see `unique_name`) has exited.
 /// False when unsure: no such name, our own process, or no `/proc`.
@@ -232,23 +233,6 @@ fn owner_is_gone(name: &str) -> bool {
     pid != std::process::id()
         && Path::new("/proc/self").exists()
         && !Path::new("/proc").join(pid.to_string()).exists()
-}
-
-fn dir_names(dir: &Path) -> Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("read directory", dir)(e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err("read directory", dir))?;
-        match entry.file_name().into_string() {
-            Ok(name) => names.push(name),
-            Err(name) => tracing::warn!(?name, dir = %dir.display(), "ignoring non-UTF-8 name"),
-        }
-    }
-    Ok(names)
 }
 
 #[cfg(test)]

@@ -14,8 +14,10 @@
 //!                          pulled-at time (unix seconds) and size
 //!   trees/<hex>/rootfs/    flattened root filesystem of the image whose manifest
 //!                          digest has encoded value <hex>
-//!   trees/<hex>/.complete  marker (the digest) written before the tree is renamed
-//!                          into place; a tree without it is ignored and collected
+//!   trees/<hex>/.complete  marker (the digest, then `boot <id>` or `synced`) written
+//!                          before the tree is renamed into place; a tree without it
+//!                          is ignored and collected, one of an earlier boot not
+//!                          `synced` is unpacked again (see [`ImageStore::has_tree`])
 //!   locks/gc.lock          store-wide lock: shared by every writer, exclusive for gc
 //!   locks/index.lock       exclusive while `index.json` is read-modified-written
 //!   locks/blob-<alg>-<hex>.lock, locks/tree-<hex>.lock
@@ -26,6 +28,9 @@
 //!
 //! - Nothing appears under `blobs/`, `trees/` or `index.json` half-written:
 //!   content is written under `tmp/`, verified, fsynced and then renamed in.
+//!   A tree's thousands of files are the exception, not fsynced one by one:
+//!   its marker records the boot, and a tree that may have lost data in a
+//!   crash is unpacked again from the (fsynced) blobs.
 //! - A blob writer holds its digest's lock for its whole life, so a second
 //!   process pulling the same blob waits, then finds it present and skips it.
 //! - Every writer ([`BlobWriter`], [`TreeBuild`], tagging) holds a
