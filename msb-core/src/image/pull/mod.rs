@@ -135,7 +135,16 @@ impl Puller {
             }
         }
         let store = self.store.clone();
-        let _lease = blocking(move || store.lease()).await?;
+        let _lease = blocking(move || {
+            let lease = store.lease()?;
+            // Before this pull dirties anything: trees committed a while ago
+            // are made durable, cheaply (the kernel wrote them back by now).
+            if let Err(e) = store.settle_trees(SETTLE_AGE) {
+                tracing::warn!(error = %e, "could not mark trees synced");
+            }
+            Ok(lease)
+        })
+        .await?;
         let mut timings = PullTimings::default();
 
         let resolved = self.client.resolve(reference, &options.platform).await?;
@@ -172,16 +181,7 @@ impl Puller {
             reference.clone(),
             resolved.digest.clone(),
         );
-        blocking(move || {
-            store.tag(&r, &digest, meta)?;
-            // Unrelated to this pull's own tree (too recent), but trees
-            // committed a while ago can be made durable now, cheaply.
-            if let Err(e) = store.settle_trees(SETTLE_AGE) {
-                tracing::warn!(error = %e, "could not mark trees synced");
-            }
-            Ok(())
-        })
-        .await?;
+        blocking(move || store.tag(&r, &digest, meta)).await?;
         timings.total = started.elapsed();
         tracing::info!(%reference, digest = %resolved.digest, ?timings, "pulled");
         Ok(PulledImage {

@@ -13,7 +13,8 @@
 //! builds it again from the blobs, which are synced at their commit.
 //! [`ImageStore::settle_trees`] syncs the file system once trees are old
 //! enough for the kernel to have written them back anyway, and marks them
-//! `synced`, which holds in any boot; cold pulls and the gc call it.
+//! `synced`, which holds in any boot; cold pulls (before they write
+//! anything) and the gc call it.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
