@@ -9,7 +9,7 @@
 //! agent ◀──  writer task ◀── Stdin / StdinClose / Signal / Kill / WindowUpdate
 //! ```
 //!
-//! Backpressure: the host grants the agent [`INITIAL_WINDOW`] bytes of
+//! Backpressure: the host grants the agent [`INITIAL_WINDOW`](crate::agent::INITIAL_WINDOW) bytes of
 //! output and returns credit only as the consumer takes events, so a slow
 //! consumer stops the agent reading the process's pipes (and only this
 //! process: each exec has its own connection). Stdin is sent only against

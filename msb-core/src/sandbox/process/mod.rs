@@ -47,7 +47,7 @@ pub(crate) const GO_AHEAD: u8 = b'g';
 /// Runs the sandbox whose state directory is `dir`; returns the process's
 /// exit code (0 after an orderly stop).
 ///
-/// Nothing happens before the creator's [`GO_AHEAD`]: a sandbox process
+/// Nothing happens before the creator's go-ahead byte: a sandbox process
 /// whose creator died before recording it (end of standard input instead)
 /// exits at once and untouched. Nobody could stop it otherwise, and the
 /// directory it was given may already hold the sandbox that replaced it.
