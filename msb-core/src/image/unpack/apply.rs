@@ -6,7 +6,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -19,6 +20,7 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, 
 use tar::EntryType;
 
 use super::fresh::{FreshDirs, Known};
+use super::offload::{self, FileJob, Offload};
 use super::resolve::{
     DIR_FLAGS, Resolver, is_dir, is_symlink, join, path_of, split_name, unsafe_entry,
 };
@@ -33,11 +35,15 @@ use crate::error::{Error, Result};
 /// Size of the buffer file contents are copied through.
 const COPY_BUF: usize = 256 * 1024;
 
-/// Apply the tar stream `reader` onto `root`.
+/// Apply the tar stream `reader` onto `root`. `decoded` is set once the
+/// layer's decoder has decoded all of it (from the start for a layer read
+/// as it is): from then on a helper thread creates some of the small files
+/// (see [`offload`]).
 pub(crate) fn apply_tar<R: Read>(
     root: &Path,
     reader: R,
     opts: &UnpackOptions,
+    decoded: &AtomicBool,
 ) -> Result<LayerStats> {
     let resolver = Resolver::open(root)?;
     let mut applier = Applier {
@@ -49,6 +55,8 @@ pub(crate) fn apply_tar<R: Read>(
         deferred: Vec::new(),
         buf: vec![0; COPY_BUF],
         privileged: nix::unistd::geteuid().is_root(),
+        offload: Helper::NotStarted,
+        decoded,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(|e| read_error(None, e))?;
@@ -94,6 +102,28 @@ struct Applier<'a> {
     deferred: Vec<Deferred>,
     buf: Vec<u8>,
     privileged: bool,
+    /// The thread creating some of the small files.
+    offload: Helper,
+    /// Set once the layer is decoded: see [`apply_tar`].
+    decoded: &'a AtomicBool,
+}
+
+/// The applier's file helper, started when first needed.
+#[derive(Debug)]
+enum Helper {
+    NotStarted,
+    Running(Offload),
+    /// Its thread could not be started: the applier does everything.
+    Unavailable,
+}
+
+impl Helper {
+    fn running(&mut self) -> Option<&mut Offload> {
+        match self {
+            Self::Running(offload) => Some(offload),
+            _ => None,
+        }
+    }
 }
 
 /// Where to set extended attributes.
@@ -112,6 +142,12 @@ impl Applier<'_> {
         let name = PathBuf::from(OsString::from_vec(raw.clone()));
         let comps = split_name(&raw).map_err(|reason| unsafe_entry(&name, reason))?;
         let kind = entry.header().entry_type();
+        // A path this layer used before may be a file the helper has not
+        // created yet.
+        if self.offload.running().is_some_and(|o| o.pending()) && self.added.contains(&join(&comps))
+        {
+            self.sync_files()?;
+        }
 
         if let Some((leaf, dirs)) = comps.split_last()
             && let Some(rest) = leaf.strip_prefix(PREFIX)
@@ -183,12 +219,40 @@ impl Applier<'_> {
         Ok(meta)
     }
 
+    /// Waits for the files handed to the helper.
+    fn sync_files(&mut self) -> Result<()> {
+        if let Some(offload) = self.offload.running() {
+            let counts = offload.sync()?;
+            self.stats.xattrs_set += counts.set;
+            self.stats.xattrs_failed += counts.failed;
+        }
+        Ok(())
+    }
+
+    /// The helper, if it would take a file now: once the layer is decoded
+    /// (before, the decoder and the applier keep the CPUs busy, and a third
+    /// thread only adds contention: on ext4 handing files over from the
+    /// start saved 10 ms a pull, from the decoder's end 16 ms), and while
+    /// its queue is short.
+    fn helper_wanting(&mut self) -> Option<&mut Offload> {
+        if !self.decoded.load(Ordering::Acquire) {
+            return None;
+        }
+        if let Helper::NotStarted = self.offload {
+            self.offload = match Offload::start(self.resolver.root_path()) {
+                Some(offload) => Helper::Running(offload),
+                None => Helper::Unavailable,
+            };
+        }
+        self.offload.running().filter(|o| o.wants())
+    }
+
     fn io(&self, entry: &Path, op: &'static str, e: impl Into<io::Error>) -> Error {
         self.resolver.io(entry, op, e)
     }
 
     /// The parent directory of `comps`'s last component, created if missing.
-    fn parent(&mut self, dirs: &[&[u8]], name: &Path) -> Result<Rc<OwnedFd>> {
+    fn parent(&mut self, dirs: &[&[u8]], name: &Path) -> Result<Arc<OwnedFd>> {
         Ok(self
             .resolver
             .dir(dirs, true, name)?
@@ -214,6 +278,8 @@ impl Applier<'_> {
             if keep_dir {
                 return Ok(true);
             }
+            // The helper may be creating files in it.
+            self.sync_files()?;
             remove_all_at(parent, leaf).map_err(|e| self.io(name, "remove directory", e))?;
             self.resolver.invalidate();
         } else {
@@ -252,6 +318,8 @@ impl Applier<'_> {
     }
 
     fn whiteout(&mut self, dirs: &[&[u8]], leaf: &[u8], rest: &[u8], name: &Path) -> Result<()> {
+        // What it removes may include files the helper has not created yet.
+        self.sync_files()?;
         if leaf == OPAQUE {
             let Some(dir) = self.resolver.dir(dirs, false, name)? else {
                 return Ok(());
@@ -328,8 +396,8 @@ impl Applier<'_> {
                         None
                     }
                 };
-                let fd = Rc::new(fd);
-                self.resolver.entered(dirs, leaf, Rc::clone(&fd));
+                let fd = Arc::new(fd);
+                self.resolver.entered(dirs, leaf, Arc::clone(&fd));
                 (fd, known)
             }
         };
@@ -411,6 +479,51 @@ impl Applier<'_> {
         // Any mode works for the descriptor O_CREAT returns; the right one
         // saves the fchmod below in most cases.
         let create_mode = Mode::from_bits_truncate(perm & 0o777);
+        let known = self.fresh.get(&join(dirs));
+        // A small file in a directory this layer created (none of the
+        // root's: a lower layer filled it), at a path no earlier entry of
+        // the layer used: nothing else can be waiting on it (see
+        // `offload`), and nothing is there yet.
+        if !sparse
+            && size <= offload::MAX_SIZE
+            && !dirs.is_empty()
+            && known.is_some()
+            && !self.added.contains(&join(comps))
+            && self.helper_wanting().is_some()
+        {
+            let mut data = Vec::with_capacity(size as usize);
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| read_error(Some(name.to_owned()), e))?;
+            if data.len() as u64 != size {
+                return Err(format_error(
+                    Some(name.to_owned()),
+                    LayerFormatErrorKind::Truncated,
+                    None,
+                ));
+            }
+            let job = FileJob {
+                parent,
+                leaf: leaf.to_vec(),
+                name: name.to_owned(),
+                data,
+                create_mode,
+                chmod: (!self.fresh.mode_is(known, perm, false))
+                    .then(|| Mode::from_bits_truncate(perm)),
+                chown: self.owner_to_set(meta, name, known)?,
+                xattrs: if self.opts.xattrs {
+                    meta.xattrs.clone()
+                } else {
+                    Vec::new()
+                },
+                mtime: meta.mtime,
+            };
+            self.stats.bytes += size;
+            self.stats.files += 1;
+            self.stats.files_by_helper += 1;
+            self.offload.running().expect("started above").push(job);
+            return Ok(());
+        }
         let fd = self
             .create_at(parent.as_fd(), leaf, false, name, || {
                 openat(
@@ -426,7 +539,6 @@ impl Applier<'_> {
             })?
             .map_err(|e| self.io(name, "create file", e))?
             .expect("only directories are kept");
-        let known = self.fresh.get(&join(dirs));
         let mut file = File::from(fd);
         let mut written = 0u64;
         loop {
@@ -498,6 +610,8 @@ impl Applier<'_> {
     }
 
     fn hardlink(&mut self, comps: &[&[u8]], target: &[u8], name: &Path) -> Result<()> {
+        // Its target may be a file the helper has not created yet.
+        self.sync_files()?;
         let Some((leaf, dirs)) = comps.split_last() else {
             return Err(unsafe_entry(name, UnsafeEntryReason::ReplacesRoot));
         };
@@ -626,15 +740,10 @@ impl Applier<'_> {
         name: &Path,
         parent: Option<Known>,
     ) -> Result<()> {
-        if !self.opts.preserve_ownership {
+        let Some((uid, gid)) = self.owner_to_set(meta, name, parent)? else {
             return Ok(());
-        }
-        let to_id = |v: u64| u32::try_from(v).map_err(|_| bad_pax(name));
-        let (uid, gid) = (to_id(meta.uid)?, to_id(meta.gid)?);
-        if self.fresh.owner_is(parent, uid, gid) {
-            return Ok(());
-        }
-        let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        };
+        let (uid, gid) = (Some(uid), Some(gid));
         match target {
             Target::Fd(fd) => fchown(fd, uid, gid),
             Target::At(dir, leaf) => {
@@ -642,6 +751,25 @@ impl Applier<'_> {
             }
         }
         .map_err(|e| self.io(name, "chown", e))
+    }
+
+    /// The owner to give an entry created in the directory `parent` (when
+    /// known), unless it has it already.
+    fn owner_to_set(
+        &self,
+        meta: &Meta,
+        name: &Path,
+        parent: Option<Known>,
+    ) -> Result<Option<(Uid, Gid)>> {
+        if !self.opts.preserve_ownership {
+            return Ok(None);
+        }
+        let to_id = |v: u64| u32::try_from(v).map_err(|_| bad_pax(name));
+        let (uid, gid) = (to_id(meta.uid)?, to_id(meta.gid)?);
+        if self.fresh.owner_is(parent, uid, gid) {
+            return Ok(None);
+        }
+        Ok(Some((Uid::from_raw(uid), Gid::from_raw(gid))))
     }
 
     fn xattrs(&mut self, target: Target<'_>, meta: &Meta) {
@@ -670,6 +798,8 @@ impl Applier<'_> {
     /// them before the directory itself. A directory listed twice gets
     /// what its last entry says (the sort is stable).
     fn finish(&mut self) -> Result<()> {
+        // Creating files changes their directories' times.
+        self.sync_files()?;
         let mut deferred = std::mem::take(&mut self.deferred);
         deferred.sort_by(|a, b| b.comps.cmp(&a.comps));
         for d in deferred {
@@ -682,7 +812,7 @@ impl Applier<'_> {
                         continue;
                     };
                     match openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty()) {
-                        Ok(fd) => Rc::new(fd),
+                        Ok(fd) => Arc::new(fd),
                         // Removed or replaced later in the layer.
                         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
                         Err(e) => return Err(self.io(&name, "open directory", e)),

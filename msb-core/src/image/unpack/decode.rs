@@ -19,6 +19,8 @@
 //! would otherwise sit idle through it.
 
 use std::io::{self, BufReader, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use super::Compression;
@@ -52,34 +54,40 @@ pub(super) type Encoded<'r> = (Box<dyn Read + Send + 'r>, Compression);
 pub(super) fn decompressed_layers<'r>(
     layers: Vec<Encoded<'r>>,
     gzip_crc: bool,
-    mut apply: impl FnMut(&mut dyn Read) -> bool,
+    mut apply: impl FnMut(&mut dyn Read, &AtomicBool) -> bool,
 ) {
     std::thread::scope(|scope| {
         let mut layers = layers.into_iter();
-        let start = |layer: Option<Encoded<'r>>| -> Option<Box<dyn Read + 'r>> {
+        let start = |layer: Option<Encoded<'r>>| -> Option<(Box<dyn Read + 'r>, Arc<AtomicBool>)> {
             let (reader, compression) = layer?;
             if compression == Compression::None {
-                return Some(reader);
+                return Some((reader, Arc::new(AtomicBool::new(true))));
             }
+            let decoded = Arc::new(AtomicBool::new(false));
+            let decoder_decoded = Arc::clone(&decoded);
             let (filled_tx, filled_rx) = sync_channel(DEPTH);
             let (empty_tx, empty_rx) = channel();
             std::thread::Builder::new()
                 .name("msb-decompress".into())
                 .spawn_scoped(scope, move || {
-                    decode(reader, compression, gzip_crc, filled_tx, empty_rx)
+                    decode(reader, compression, gzip_crc, filled_tx, empty_rx);
+                    decoder_decoded.store(true, Ordering::Release);
                 })
                 .expect("spawning the decompression thread");
-            Some(Box::new(Chunks {
-                filled: filled_rx,
-                empty: empty_tx,
-                current: Vec::new(),
-                pos: 0,
-            }))
+            Some((
+                Box::new(Chunks {
+                    filled: filled_rx,
+                    empty: empty_tx,
+                    current: Vec::new(),
+                    pos: 0,
+                }),
+                decoded,
+            ))
         };
         let mut next = start(layers.next());
-        while let Some(mut current) = next.take() {
+        while let Some((mut current, decoded)) = next.take() {
             next = start(layers.next());
-            if !apply(&mut current) {
+            if !apply(&mut current, &decoded) {
                 break;
             }
         }
@@ -199,10 +207,14 @@ mod tests {
     ) -> T {
         let mut apply = Some(apply);
         let mut out = None;
-        decompressed_layers(vec![(Box::new(reader), compression)], gzip_crc, |stream| {
-            out = Some((apply.take().expect("one layer"))(stream));
-            true
-        });
+        decompressed_layers(
+            vec![(Box::new(reader), compression)],
+            gzip_crc,
+            |stream, _| {
+                out = Some((apply.take().expect("one layer"))(stream));
+                true
+            },
+        );
         out.expect("the one layer was applied")
     }
 
@@ -268,7 +280,7 @@ mod tests {
         // Every layer, in order; the corrupt one fails when it is read (its
         // CRC, checked here, is what a flipped byte is sure to break).
         let mut seen = Vec::new();
-        decompressed_layers(layers(), true, |r| {
+        decompressed_layers(layers(), true, |r, _| {
             let mut out = Vec::new();
             seen.push((
                 seen.len(),
@@ -280,7 +292,7 @@ mod tests {
         // Stopping after the first layer: the decoders of the 64 MiB layer
         // (far more than its channel holds) and the next one stop too.
         let mut applied = 0;
-        decompressed_layers(layers(), false, |_| {
+        decompressed_layers(layers(), false, |_, _| {
             applied += 1;
             false
         });

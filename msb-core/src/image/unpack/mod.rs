@@ -28,6 +28,15 @@
 //!
 //! A corrupt or truncated tar, gzip or zstd stream is [`Error::LayerFormat`].
 //!
+//! # Threads
+//!
+//! A compressed layer is decompressed on a thread of its own while its
+//! entries are applied, and the next layer decompresses ahead. Once a layer
+//! is decompressed (a plain tar: from the start), a second thread creates
+//! some of its small files, those in directories the layer itself created,
+//! while the applier goes on; the applier waits for it before anything that
+//! could touch such a file, so the result is the same as in tar order.
+//!
 //! # Errors and cleanup
 //!
 //! On an error the layer is left partly applied: the caller owns cleanup.
@@ -56,6 +65,7 @@ mod apply;
 mod decode;
 mod fresh;
 mod gzip;
+mod offload;
 mod resolve;
 mod sys;
 #[cfg(test)]
@@ -227,6 +237,8 @@ pub struct LayerStats {
     pub bytes: u64,
     /// Regular files created.
     pub files: u64,
+    /// Of `files`, those a second thread created (see the module docs).
+    pub files_by_helper: u64,
     /// Directories created or updated.
     pub dirs: u64,
     /// Symlinks created.
@@ -391,8 +403,10 @@ pub fn apply_layers<'r>(
 ) -> Result<Vec<LayerStats>> {
     let mut applied = Vec::with_capacity(layers.len());
     let mut failed = None;
-    decode::decompressed_layers(layers, opts.gzip_crc, |tar| {
-        match apply::apply_tar(root, tar, opts) {
+    decode::decompressed_layers(
+        layers,
+        opts.gzip_crc,
+        |tar, decoded| match apply::apply_tar(root, tar, opts, decoded) {
             Ok(stats) => {
                 applied.push(stats);
                 true
@@ -401,8 +415,8 @@ pub fn apply_layers<'r>(
                 failed = Some(e);
                 false
             }
-        }
-    });
+        },
+    );
     match failed {
         Some(e) => Err(e),
         None => Ok(applied),

@@ -7,14 +7,14 @@
 //! followed by the kernel, so nothing outside the root is ever reached. The
 //! descriptors of the last resolved directory chain are cached, so entries in
 //! tar order (siblings, then deeper) cost one `openat` per new directory, and
-//! are handed out shared ([`Rc`]), so a cached directory costs no system call
+//! are handed out shared ([`Arc`], the file helper holds some), so a cached directory costs no system call
 //! at all.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
@@ -88,11 +88,11 @@ pub(crate) fn io_error(
 #[derive(Debug)]
 pub(crate) struct Resolver {
     root_path: PathBuf,
-    root: Rc<OwnedFd>,
+    root: Arc<OwnedFd>,
     root_id: (u64, u64),
     /// The last resolved chain: logical component, and the directory it
     /// resolved to.
-    cache: Vec<(Vec<u8>, Rc<OwnedFd>)>,
+    cache: Vec<(Vec<u8>, Arc<OwnedFd>)>,
 }
 
 impl Resolver {
@@ -112,7 +112,7 @@ impl Resolver {
         let st = fstat(&fd).map_err(err)?;
         Ok(Self {
             root_path: root.to_owned(),
-            root: Rc::new(fd),
+            root: Arc::new(fd),
             root_id: (st.st_dev, st.st_ino),
             cache: Vec::new(),
         })
@@ -129,8 +129,8 @@ impl Resolver {
     }
 
     /// The root directory, shared.
-    pub(crate) fn root_dir(&self) -> Rc<OwnedFd> {
-        Rc::clone(&self.root)
+    pub(crate) fn root_dir(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.root)
     }
 
     /// Forget cached directories (after removing a directory or symlink).
@@ -145,7 +145,7 @@ impl Resolver {
     /// directory's contents after it): cache it, so that they find it
     /// without opening it again. Ignored unless `dirs` is the chain the
     /// cache holds.
-    pub(crate) fn entered(&mut self, dirs: &[&[u8]], leaf: &[u8], dir: Rc<OwnedFd>) {
+    pub(crate) fn entered(&mut self, dirs: &[&[u8]], leaf: &[u8], dir: Arc<OwnedFd>) {
         let holds_dirs = self.cache.len() == dirs.len()
             && self
                 .cache
@@ -165,7 +165,7 @@ impl Resolver {
         dirs: &[&[u8]],
         create: bool,
         entry: &Path,
-    ) -> Result<Option<Rc<OwnedFd>>> {
+    ) -> Result<Option<Arc<OwnedFd>>> {
         let common = self
             .cache
             .iter()
@@ -179,11 +179,11 @@ impl Resolver {
                 .last()
                 .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
             match self.step(start, &dirs[..=i], create, entry)? {
-                Some(fd) => self.cache.push((dirs[i].to_vec(), Rc::new(fd))),
+                Some(fd) => self.cache.push((dirs[i].to_vec(), Arc::new(fd))),
                 None => return Ok(None),
             }
         }
-        Ok(Some(Rc::clone(
+        Ok(Some(Arc::clone(
             self.cache.last().map_or(&self.root, |(_, fd)| fd),
         )))
     }

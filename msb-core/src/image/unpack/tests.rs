@@ -745,3 +745,85 @@ fn a_default_acl_on_the_root_does_not_change_modes() {
     assert_eq!(mode_and_owner(&root.join("d")).0, 0o755);
     assert_eq!(mode_and_owner(&root.join("d/g")).0, 0o644);
 }
+
+#[test]
+fn files_created_by_the_helper_end_up_as_in_tar_order() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let mut layer = Layer::new().with_mtime("d/", EntryType::Directory, 0o755, 2_000_000, b"");
+    for i in 0..300u64 {
+        let mode = if i % 2 == 0 { 0o640 } else { 0o755 };
+        let data = format!("file {i}\n");
+        layer = layer.with_mtime(
+            &format!("d/f{i}"),
+            EntryType::Regular,
+            mode,
+            1_000_000 + i,
+            data.as_bytes(),
+        );
+    }
+    // Later entries of the layer at the paths of files handed over: each
+    // must see the file created first.
+    let layer = layer
+        .file("d/f5", b"second f5\n", 0o600)
+        .dir("d/f6", 0o700)
+        .file("d/f6/inside", b"in\n", 0o644)
+        .symlink("d/f7", "f1")
+        .hardlink("d/hard", "d/f8")
+        .file("d/.wh.f9", b"", 0o644)
+        .raw("d/f10", EntryType::Link, "d/f11", 0o644, b"")
+        .bytes();
+    let stats = apply(&root, &layer).unwrap();
+    assert!(stats.files_by_helper > 0, "{stats:?}");
+    let d = root.join("d");
+    for i in (0..300u64).filter(|i| ![5, 6, 7, 10].contains(i)) {
+        let path = d.join(format!("f{i}"));
+        assert_eq!(fs::read(&path).unwrap(), format!("file {i}\n").as_bytes());
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let mode = if i % 2 == 0 { 0o640 } else { 0o755 };
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{i}");
+        assert_eq!(meta.mtime(), 1_000_000 + i as i64, "{i}");
+    }
+    assert_eq!(fs::read(d.join("f5")).unwrap(), b"second f5\n");
+    assert_eq!(
+        fs::metadata(d.join("f5")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(fs::symlink_metadata(d.join("f6")).unwrap().is_dir());
+    assert_eq!(fs::read(d.join("f6/inside")).unwrap(), b"in\n");
+    assert_eq!(fs::read_link(d.join("f7")).unwrap(), Path::new("f1"));
+    assert_eq!(
+        fs::metadata(d.join("hard")).unwrap().ino(),
+        fs::metadata(d.join("f8")).unwrap().ino()
+    );
+    // A whiteout hides lower layers' entries, not this layer's own.
+    assert_eq!(fs::read(d.join("f9")).unwrap(), b"file 9\n");
+    assert_eq!(
+        fs::metadata(d.join("f10")).unwrap().ino(),
+        fs::metadata(d.join("f11")).unwrap().ino()
+    );
+    // The directory's time is set after every file in it was created.
+    assert_eq!(fs::metadata(&d).unwrap().mtime(), 2_000_000);
+    sb.assert_outside_untouched();
+}
+
+#[test]
+fn a_file_the_helper_cannot_create_is_a_typed_error() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    // Longer than NAME_MAX: creating it fails with ENAMETOOLONG.
+    let long = format!("d/{}", "n".repeat(300));
+    let layer = Layer::new()
+        .dir("d", 0o755)
+        .with_mtime(&long, EntryType::Regular, 0o644, 1_000_000, b"data")
+        .bytes();
+    match apply(&root, &layer) {
+        Err(Error::Io { op, path, source }) => {
+            assert_eq!(op, "create file");
+            assert_eq!(path, root.join(&long));
+            assert_eq!(source.raw_os_error(), Some(libc::ENAMETOOLONG));
+        }
+        other => panic!("{other:?}"),
+    }
+    sb.assert_outside_untouched();
+}
