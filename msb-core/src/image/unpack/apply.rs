@@ -253,6 +253,13 @@ impl Applier<'_> {
 
     /// The parent directory of `comps`'s last component, created if missing.
     fn parent(&mut self, dirs: &[&[u8]], name: &Path) -> Result<Arc<OwnedFd>> {
+        // A missing directory may be a file the helper has not created yet:
+        // then the entry fails as in tar order instead of creating it.
+        if self.offload.running().is_some_and(|o| o.pending())
+            && self.resolver.dir(dirs, false, name)?.is_none()
+        {
+            self.sync_files()?;
+        }
         Ok(self
             .resolver
             .dir(dirs, true, name)?

@@ -827,3 +827,31 @@ fn a_file_the_helper_cannot_create_is_a_typed_error() {
     }
     sb.assert_outside_untouched();
 }
+
+#[test]
+fn a_path_through_a_file_the_helper_creates_fails_as_in_tar_order() {
+    for through in ["d/f1/x", "d/link/x"] {
+        let sb = Sandbox::new();
+        let root = sb.root();
+        // Files ahead of d/f1 keep the helper busy while the applier
+        // reaches the last entry.
+        let mut layer = Layer::new().dir("d", 0o755);
+        for i in 0..60 {
+            layer = layer.file(&format!("d/a{i}"), &[b'a'; 4096], 0o644);
+        }
+        let layer = layer
+            .file("d/f1", b"one\n", 0o644)
+            .symlink("d/link", "f1")
+            .file(through, b"x\n", 0o644)
+            .bytes();
+        match apply(&root, &layer) {
+            Err(Error::Io { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOTDIR), "{through}")
+            }
+            other => panic!("{through}: {other:?}"),
+        }
+        // Not turned into a directory on the way.
+        assert_eq!(fs::read(root.join("d/f1")).unwrap(), b"one\n", "{through}");
+        sb.assert_outside_untouched();
+    }
+}
