@@ -55,8 +55,13 @@ pub(crate) fn apply_tar<R: Read>(
         deferred: Vec::new(),
         buf: vec![0; COPY_BUF],
         privileged: nix::unistd::geteuid().is_root(),
-        offload: Helper::NotStarted,
+        offload: if opts.file_helper {
+            Helper::NotStarted
+        } else {
+            Helper::Unavailable
+        },
         decoded,
+        aliased: false,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(|e| read_error(None, e))?;
@@ -106,6 +111,10 @@ struct Applier<'a> {
     offload: Helper,
     /// Set once the layer is decoded: see [`apply_tar`].
     decoded: &'a AtomicBool,
+    /// Whether an entry of this layer was put through a symlink: under
+    /// another name than its own, so that which paths the layer used no
+    /// longer says which are free, and the helper gets no more files.
+    aliased: bool,
 }
 
 /// The applier's file helper, started when first needed.
@@ -113,7 +122,8 @@ struct Applier<'a> {
 enum Helper {
     NotStarted,
     Running(Offload),
-    /// Its thread could not be started: the applier does everything.
+    /// Not wanted ([`UnpackOptions::file_helper`]), or its thread could not
+    /// be started: the applier does everything.
     Unavailable,
 }
 
@@ -229,6 +239,13 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Whether no earlier entry of the layer used `comps`, as its path or
+    /// on the way to its path (a directory created for it).
+    fn untouched_in_layer(&self, comps: &[&[u8]]) -> bool {
+        let key = join(comps);
+        !self.added.contains(&key) && !self.added.has_descendants(&key)
+    }
+
     /// The helper, if it would take a file now: once the layer is decoded
     /// (before, the decoder and the applier keep the CPUs busy, and a third
     /// thread only adds contention: on ext4 handing files over from the
@@ -253,17 +270,25 @@ impl Applier<'_> {
 
     /// The parent directory of `comps`'s last component, created if missing.
     fn parent(&mut self, dirs: &[&[u8]], name: &Path) -> Result<Arc<OwnedFd>> {
-        // A missing directory may be a file the helper has not created yet:
-        // then the entry fails as in tar order instead of creating it.
-        if self.offload.running().is_some_and(|o| o.pending())
-            && self.resolver.dir(dirs, false, name)?.is_none()
-        {
-            self.sync_files()?;
+        // With files handed over, look before creating anything: a missing
+        // directory may be a file the helper has not created yet (the entry
+        // must then fail as in tar order, not create a directory there),
+        // and a path through a symlink may lead to such a file by another
+        // name than the one the layer gave it.
+        if self.offload.running().is_some_and(|o| o.pending()) {
+            let found = self.resolver.dir(dirs, false, name)?.is_some();
+            if !found || !self.resolver.plain() {
+                self.sync_files()?;
+            }
         }
-        Ok(self
+        let dir = self
             .resolver
             .dir(dirs, true, name)?
-            .expect("missing directories are created"))
+            .expect("missing directories are created");
+        // What is created from here on may be where a later entry's own
+        // name says nothing is: the layer's paths no longer tell.
+        self.aliased |= !self.resolver.plain();
+        Ok(dir)
     }
 
     /// Make way for a new entry `leaf` in `parent`: remove what is there
@@ -489,13 +514,15 @@ impl Applier<'_> {
         let known = self.fresh.get(&join(dirs));
         // A small file in a directory this layer created (none of the
         // root's: a lower layer filled it), at a path no earlier entry of
-        // the layer used: nothing else can be waiting on it (see
-        // `offload`), and nothing is there yet.
+        // the layer used or went through, none of them through a symlink:
+        // nothing else can be waiting on it (see `offload`), and nothing
+        // is there yet.
         if !sparse
             && size <= offload::MAX_SIZE
             && !dirs.is_empty()
             && known.is_some()
-            && !self.added.contains(&join(comps))
+            && !self.aliased
+            && self.untouched_in_layer(comps)
             && self.helper_wanting().is_some()
         {
             let mut data = Vec::with_capacity(size as usize);

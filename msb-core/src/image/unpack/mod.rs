@@ -180,6 +180,10 @@ pub struct UnpackOptions {
     /// commits the tree, which covers the CRC and more, and skipping it
     /// saves about 5% of inflating.
     pub gzip_crc: bool,
+    /// Once a layer is decoded, let a second thread create some of its
+    /// small files (see the module docs). Default: when more than one CPU
+    /// is available to the process. The tree is the same either way.
+    pub file_helper: bool,
 }
 
 impl Default for UnpackOptions {
@@ -191,6 +195,7 @@ impl Default for UnpackOptions {
             allow_fifos: true,
             xattrs: true,
             gzip_crc: true,
+            file_helper: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
         }
     }
 }
@@ -223,6 +228,12 @@ impl UnpackOptions {
     /// Set [`UnpackOptions::gzip_crc`].
     pub fn gzip_crc(mut self, yes: bool) -> Self {
         self.gzip_crc = yes;
+        self
+    }
+
+    /// Set [`UnpackOptions::file_helper`].
+    pub fn file_helper(mut self, yes: bool) -> Self {
+        self.file_helper = yes;
         self
     }
 }

@@ -40,6 +40,12 @@ use crate::error::Result;
 const QUEUE: usize = 64;
 /// Files handed over at a time (one wake-up of the helper each).
 const BATCH: usize = 8;
+/// Tests slow the helper down (microseconds per file), so that the applier
+/// runs far ahead of it and every ordering hazard shows.
+#[cfg(test)]
+pub(super) static TEST_DELAY_US: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// Larger files stay with the applier.
 pub(super) const MAX_SIZE: u64 = 64 * 1024;
 
@@ -182,6 +188,10 @@ fn serve(
             Msg::Files(jobs) => {
                 let n = jobs.len();
                 for job in jobs {
+                    #[cfg(test)]
+                    std::thread::sleep(std::time::Duration::from_micros(
+                        TEST_DELAY_US.load(Ordering::Relaxed),
+                    ));
                     if failed.is_none()
                         && let Err(e) = create(root, job, &mut counts)
                     {

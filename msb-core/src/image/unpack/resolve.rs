@@ -90,9 +90,10 @@ pub(crate) struct Resolver {
     root_path: PathBuf,
     root: Arc<OwnedFd>,
     root_id: (u64, u64),
-    /// The last resolved chain: logical component, and the directory it
-    /// resolved to.
-    cache: Vec<(Vec<u8>, Arc<OwnedFd>)>,
+    /// The last resolved chain: logical component, the directory it
+    /// resolved to, and whether it was reached without following a symlink
+    /// (nor was any directory above it).
+    cache: Vec<(Vec<u8>, Arc<OwnedFd>, bool)>,
 }
 
 impl Resolver {
@@ -151,10 +152,17 @@ impl Resolver {
                 .cache
                 .iter()
                 .zip(dirs)
-                .all(|((name, _), d)| name.as_slice() == *d);
+                .all(|((name, _, _), d)| name.as_slice() == *d);
         if holds_dirs {
-            self.cache.push((leaf.to_vec(), dir));
+            let plain = self.plain();
+            self.cache.push((leaf.to_vec(), dir, plain));
         }
+    }
+
+    /// Whether the chain [`dir`](Self::dir) resolved last was reached
+    /// without following a symlink: its logical path is where it is.
+    pub(crate) fn plain(&self) -> bool {
+        self.cache.last().is_none_or(|(_, _, plain)| *plain)
     }
 
     /// The directory named by `dirs` (logical components from the root).
@@ -170,37 +178,45 @@ impl Resolver {
             .cache
             .iter()
             .zip(dirs)
-            .take_while(|((name, _), d)| name.as_slice() == **d)
+            .take_while(|((name, _, _), d)| name.as_slice() == **d)
             .count();
         self.cache.truncate(common);
         for i in common..dirs.len() {
             let start = self
                 .cache
                 .last()
-                .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+                .map_or(self.root.as_fd(), |(_, fd, _)| fd.as_fd());
             match self.step(start, &dirs[..=i], create, entry)? {
-                Some(fd) => self.cache.push((dirs[i].to_vec(), Arc::new(fd))),
+                Some((fd, followed)) => {
+                    let plain = !followed && self.plain();
+                    self.cache.push((dirs[i].to_vec(), Arc::new(fd), plain))
+                }
                 None => return Ok(None),
             }
         }
         Ok(Some(Arc::clone(
-            self.cache.last().map_or(&self.root, |(_, fd)| fd),
+            self.cache.last().map_or(&self.root, |(_, fd, _)| fd),
         )))
     }
 
-    /// Resolve the last of `logical` from the directory `start`.
+    /// Resolve the last of `logical` from the directory `start`; with
+    /// whether a symlink was followed.
     fn step(
         &self,
         start: BorrowedFd<'_>,
         logical: &[&[u8]],
         create: bool,
         entry: &Path,
-    ) -> Result<Option<OwnedFd>> {
+    ) -> Result<Option<(OwnedFd, bool)>> {
         let name = logical[logical.len() - 1];
         // Fast path: a plain directory, or a missing one to create.
         match openat(start, os(name), DIR_FLAGS, Mode::empty()) {
-            Ok(fd) => return Ok(Some(fd)),
-            Err(Errno::ENOENT) if create => return self.mkdir_open(start, name, entry).map(Some),
+            Ok(fd) => return Ok(Some((fd, false))),
+            Err(Errno::ENOENT) if create => {
+                return self
+                    .mkdir_open(start, name, entry)
+                    .map(|fd| Some((fd, false)));
+            }
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP | Errno::ENOTDIR) => {}
             Err(e) => return Err(self.io(entry, "open directory", e)),
@@ -268,11 +284,11 @@ impl Resolver {
             }
         }
         match cur {
-            Some(fd) => Ok(Some(fd)),
+            Some(fd) => Ok(Some((fd, true))),
             // Every component was `.` or empty: the start itself.
             None => start
                 .try_clone_to_owned()
-                .map(Some)
+                .map(|fd| Some((fd, true)))
                 .map_err(|e| self.io(entry, "duplicate descriptor", e)),
         }
     }

@@ -90,7 +90,20 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    /// On tmpfs when there is one: for tests creating many files.
+    fn fast() -> Self {
+        let shm = Path::new("/dev/shm");
+        Self::in_dir(if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        })
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Self {
         fs::create_dir(dir.path().join("root")).unwrap();
         fs::write(dir.path().join("sentinel"), b"untouched").unwrap();
         Self { dir }
@@ -854,4 +867,192 @@ fn a_path_through_a_file_the_helper_creates_fails_as_in_tar_order() {
         assert_eq!(fs::read(root.join("d/f1")).unwrap(), b"one\n", "{through}");
         sb.assert_outside_untouched();
     }
+}
+
+/// Everything about the tree at `root` a layer decides: per path its type,
+/// mode, times, content or target, and which paths share an inode.
+fn tree_state(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            out.push(path.clone());
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(root, &mut paths);
+    let mut first_of_inode = std::collections::HashMap::new();
+    paths
+        .iter()
+        .map(|path| {
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = fs::symlink_metadata(path).unwrap();
+            let ty = meta.file_type();
+            let what = if ty.is_symlink() {
+                format!("link {}", fs::read_link(path).unwrap().display())
+            } else if ty.is_dir() {
+                "dir".to_owned()
+            } else {
+                let first = first_of_inode.entry(meta.ino()).or_insert(rel.clone());
+                let data = fs::read(path).unwrap();
+                let sum = data
+                    .iter()
+                    .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b.into()));
+                format!("file of {} bytes ({sum:x}) same as {first}", data.len())
+            };
+            // Directories created on the way have the time of the run.
+            let mtime = match meta.mtime() {
+                t if t < 1_000_000_000 => t.to_string(),
+                _ => "now".to_owned(),
+            };
+            format!("{rel}: {what} mode {:o} mtime {mtime}", meta.mode())
+        })
+        .collect()
+}
+
+/// An error's kind, to compare two outcomes.
+fn outcome(result: &Result<LayerStats>) -> String {
+    match result {
+        Ok(_) => "ok".to_owned(),
+        Err(Error::Io { op, source, .. }) => format!("io {op} {:?}", source.raw_os_error()),
+        Err(Error::UnsafeLayerEntry { reason, .. }) => format!("unsafe {reason:?}"),
+        Err(Error::LayerFormat { reason, .. }) => format!("format {reason:?}"),
+        Err(e) => format!("other {e}"),
+    }
+}
+
+#[test]
+fn the_file_helper_never_changes_the_outcome() {
+    // `n/s` may become a symlink to `n` itself: `n/s/f5` is then `n/f5`,
+    // a file the helper may not have created yet, by another name.
+    let names = [
+        "n/a", "n/b", "n/m", "n/m/c", "n/a/x", "n/l", "n/l/x", "n/f3", "n/f3/y", "n/m/l", "lo/x",
+        "lo/new", "n/f70", "n/s", "n/s", "n/s", "n/s/f5", "n/s/f5", "n/s/f5", "n/s/f7/x",
+        "n/s/m/c", "n/l/c",
+    ];
+    let whiteouts = [
+        "n/.wh.a",
+        "n/.wh.f5",
+        "n/.wh.m",
+        "n/m/.wh..wh..opq",
+        "n/.wh..wh..opq",
+        "lo/.wh.x",
+    ];
+    let targets = ["a", "m", "f3", "../lo", "/n/a", "c", ".", ".", "/n"];
+    let hard = ["n/a", "n/f1", "n/m/c", "lo/x", "n/f69"];
+    let lower = Layer::new()
+        .dir("lo", 0o755)
+        .file("lo/x", b"lower x\n", 0o644)
+        .symlink("lo/s", "x")
+        .bytes();
+    let seed = std::env::var("MSB_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_f11e_u64);
+    let mut rng = test_utils::fuzz::Rng::new(seed);
+    let mut helped = 0;
+    // Other tests running meanwhile are only slowed down.
+    offload::TEST_DELAY_US.store(200, std::sync::atomic::Ordering::Relaxed);
+    for case in 0..test_utils::fuzz::iterations(150) {
+        let mut layer = Layer::new().dir("n", 0o755).dir("n/m", 0o750);
+        for i in 0..rng.below(90) {
+            let data = vec![b'0' + (i % 10) as u8; 1 + rng.below(3000)];
+            layer = layer.with_mtime(
+                &format!("n/f{i}"),
+                EntryType::Regular,
+                0o600 + rng.below(0o200) as u32,
+                1_000_000 + i as u64,
+                &data,
+            );
+        }
+        let mut ops = Vec::new();
+        for _ in 0..1 + rng.below(12) {
+            layer = match rng.below(7) {
+                6 => {
+                    // A filler by another name, through a symlink to `n`.
+                    let name = format!("n/s/f{}", rng.below(10));
+                    ops.push(format!("symlink n/s -> ., file {name}"));
+                    layer.symlink("n/s", ".").file(&name, b"aliased\n", 0o600)
+                }
+                0 => {
+                    let (name, data) = (rng.pick(&names), format!("data {}\n", rng.below(1000)));
+                    ops.push(format!("file {name}"));
+                    layer.file(name, data.as_bytes(), 0o644)
+                }
+                1 => {
+                    let name = rng.pick(&names);
+                    ops.push(format!("dir {name}"));
+                    layer.dir(name, 0o755)
+                }
+                2 => {
+                    let (name, target) = (rng.pick(&names), rng.pick(&targets));
+                    ops.push(format!("symlink {name} -> {target}"));
+                    layer.symlink(name, target)
+                }
+                3 => {
+                    let (name, target) = (rng.pick(&names), rng.pick(&hard));
+                    ops.push(format!("hardlink {name} => {target}"));
+                    layer.hardlink(name, target)
+                }
+                4 => {
+                    let name = rng.pick(&whiteouts);
+                    ops.push(format!("whiteout {name}"));
+                    layer.file(name, b"", 0o644)
+                }
+                _ => {
+                    let name = format!("n/f{}", rng.below(90));
+                    ops.push(format!("file {name}"));
+                    layer.file(&name, b"again\n", 0o640)
+                }
+            };
+        }
+        let layer = layer.bytes();
+        let mut results = Vec::new();
+        for helper in [true, false] {
+            let sb = Sandbox::fast();
+            let o = opts().file_helper(helper);
+            apply_layer(&sb.root(), &lower[..], Compression::None, &o).unwrap();
+            let result = apply_layer(&sb.root(), &layer[..], Compression::None, &o);
+            if let Ok(stats) = &result {
+                helped += stats.files_by_helper;
+            }
+            let state = result.as_ref().ok().map(|_| tree_state(&sb.root()));
+            results.push((outcome(&result), state));
+            sb.assert_outside_untouched();
+        }
+        assert_eq!(results[0], results[1], "case {case}: {ops:#?}");
+    }
+    offload::TEST_DELAY_US.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert!(helped > 0, "the helper took files");
+}
+
+#[test]
+fn a_file_the_helper_creates_is_replaced_through_a_symlink_as_in_tar_order() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    // Files ahead of d/f keep the helper busy while the applier reaches
+    // d/s/f: d/f by another name.
+    let mut layer = Layer::new().dir("d", 0o755);
+    for i in 0..60 {
+        layer = layer.file(&format!("d/a{i}"), &[b'a'; 4096], 0o644);
+    }
+    let layer = layer
+        .file("d/f", b"first\n", 0o644)
+        .symlink("d/s", ".")
+        .file("d/s/f", b"second\n", 0o600)
+        .bytes();
+    let stats = apply(&root, &layer).unwrap();
+    assert!(stats.files_by_helper > 0, "{stats:?}");
+    assert_eq!(fs::read(root.join("d/f")).unwrap(), b"second\n");
+    assert_eq!(
+        fs::metadata(root.join("d/f")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    sb.assert_outside_untouched();
 }
