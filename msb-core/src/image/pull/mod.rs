@@ -387,13 +387,7 @@ impl Puller {
             }
             let compressions = layers
                 .iter()
-                .map(|layer| {
-                    Compression::from_media_type(&layer.media_type).ok_or_else(|| {
-                        Error::UnsupportedMediaType {
-                            media_type: layer.media_type.clone(),
-                        }
-                    })
-                })
+                .map(compression_of)
                 .collect::<Result<Vec<_>>>()?;
             let started = Instant::now();
             let build = store.begin_tree(&manifest)?;
@@ -405,15 +399,7 @@ impl Puller {
                         inner: tail.reader(),
                         cancelled: &cancelled,
                     };
-                    // Decoders read in large blocks through buffers of their
-                    // own; a plain tar is read a header (512 bytes) at a time.
-                    let reader: Box<dyn Read + Send> = match compression {
-                        Compression::None => {
-                            Box::new(std::io::BufReader::with_capacity(1 << 20, reader))
-                        }
-                        _ => Box::new(reader),
-                    };
-                    (reader, compression)
+                    (layer_stream(reader, compression), compression)
                 })
                 .collect();
             let applied = apply_layers(build.path(), streams, &options);
@@ -462,25 +448,35 @@ fn unpack_stored(
     }
     let mut streams = Vec::with_capacity(image.layers.len());
     for layer in &image.layers {
-        let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
-            Error::UnsupportedMediaType {
-                media_type: layer.media_type.clone(),
-            }
-        })?;
+        let compression = compression_of(layer)?;
         let file = store.open_blob(&layer.digest)?;
-        // Decoders read in large blocks through buffers of their own; a
-        // plain tar is read a header (512 bytes) at a time.
-        let reader: Box<dyn Read + Send> = match compression {
-            Compression::None => Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
-            _ => Box::new(file),
-        };
-        streams.push((reader, compression));
+        streams.push((layer_stream(file, compression), compression));
     }
     let build = store.begin_tree(manifest)?;
     apply_layers(build.path(), streams, options)?;
     let rootfs = build.commit()?;
     tracing::info!(%reference, digest = %manifest, "unpacked the tree again from stored blobs");
     Ok(Some(rootfs))
+}
+
+/// How `layer` is compressed, from its media type.
+fn compression_of(layer: &Descriptor) -> Result<Compression> {
+    Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::UnsupportedMediaType {
+        media_type: layer.media_type.clone(),
+    })
+}
+
+/// A layer's compressed stream, as the unpacker reads it: decoders read in
+/// large blocks through buffers of their own; a plain tar is read a header
+/// (512 bytes) at a time, so it gets a buffer here.
+fn layer_stream<'r>(
+    reader: impl Read + Send + 'r,
+    compression: Compression,
+) -> Box<dyn Read + Send + 'r> {
+    match compression {
+        Compression::None => Box::new(std::io::BufReader::with_capacity(1 << 20, reader)),
+        _ => Box::new(reader),
+    }
 }
 
 /// Runs blocking store and unpack work off the async threads.
