@@ -841,18 +841,22 @@ fn a_file_the_helper_cannot_create_is_a_typed_error() {
     sb.assert_outside_untouched();
 }
 
+/// A directory `d` and 60 files in it: handed to the helper, they keep it
+/// busy while the applier reaches the entries appended after them.
+fn busy_helper_layer() -> Layer {
+    let mut layer = Layer::new().dir("d", 0o755);
+    for i in 0..60 {
+        layer = layer.file(&format!("d/a{i}"), &[b'a'; 4096], 0o644);
+    }
+    layer
+}
+
 #[test]
 fn a_path_through_a_file_the_helper_creates_fails_as_in_tar_order() {
     for through in ["d/f1/x", "d/link/x"] {
         let sb = Sandbox::new();
         let root = sb.root();
-        // Files ahead of d/f1 keep the helper busy while the applier
-        // reaches the last entry.
-        let mut layer = Layer::new().dir("d", 0o755);
-        for i in 0..60 {
-            layer = layer.file(&format!("d/a{i}"), &[b'a'; 4096], 0o644);
-        }
-        let layer = layer
+        let layer = busy_helper_layer()
             .file("d/f1", b"one\n", 0o644)
             .symlink("d/link", "f1")
             .file(through, b"x\n", 0o644)
@@ -1036,13 +1040,8 @@ fn the_file_helper_never_changes_the_outcome() {
 fn a_file_the_helper_creates_is_replaced_through_a_symlink_as_in_tar_order() {
     let sb = Sandbox::new();
     let root = sb.root();
-    // Files ahead of d/f keep the helper busy while the applier reaches
-    // d/s/f: d/f by another name.
-    let mut layer = Layer::new().dir("d", 0o755);
-    for i in 0..60 {
-        layer = layer.file(&format!("d/a{i}"), &[b'a'; 4096], 0o644);
-    }
-    let layer = layer
+    // d/s/f is d/f by another name.
+    let layer = busy_helper_layer()
         .file("d/f", b"first\n", 0o644)
         .symlink("d/s", ".")
         .file("d/s/f", b"second\n", 0o600)
