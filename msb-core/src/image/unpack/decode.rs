@@ -18,7 +18,7 @@
 //! and `/var`) takes the applier a while, and the next layer's decoder
 //! would otherwise sit idle through it.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
@@ -109,10 +109,7 @@ fn decode<R: Read>(
     let mut decoder: Box<dyn Read> = match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip if gzip_crc => Box::new(flate2::read::MultiGzDecoder::new(reader)),
-        Compression::Gzip => Box::new(UncheckedGzip::new(BufReader::with_capacity(
-            GZIP_INPUT_BUF,
-            reader,
-        ))),
+        Compression::Gzip => Box::new(UncheckedGzip::new(reader, GZIP_INPUT_BUF)),
         Compression::Zstd => match zstd::stream::read::Decoder::new(reader) {
             Ok(decoder) => Box::new(decoder),
             Err(e) => {

@@ -9,9 +9,9 @@
 //! corruption are caught where they happen. Concatenated members are read
 //! in turn, as `MultiGzDecoder` (and Go's `gzip.Reader`) do.
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, Read};
 
-use flate2::{Decompress, FlushDecompress, Status};
+use super::inflate::{Inflater, Input};
 
 /// Header flags (RFC 1952, 2.3.1).
 const FHCRC: u8 = 1 << 1;
@@ -32,16 +32,17 @@ enum State {
 /// Reads the data of a gzip stream of one or more members, checking each
 /// member's length but not its CRC-32.
 pub(super) struct UncheckedGzip<R> {
-    inner: R,
-    inflate: Decompress,
+    input: Input<R>,
+    inflate: Box<Inflater>,
     state: State,
 }
 
-impl<R: BufRead> UncheckedGzip<R> {
-    pub(super) fn new(inner: R) -> Self {
+impl<R: Read> UncheckedGzip<R> {
+    /// A reader of the gzip stream `inner`, read `buffer` bytes at a time.
+    pub(super) fn new(inner: R, buffer: usize) -> Self {
         Self {
-            inner,
-            inflate: Decompress::new(false),
+            input: Input::new(inner, buffer),
+            inflate: Box::new(Inflater::new()),
             state: State::Header { first: true },
         }
     }
@@ -49,13 +50,10 @@ impl<R: BufRead> UncheckedGzip<R> {
     /// Reads a member's header. `false` at the clean end of the stream
     /// (after at least one member).
     fn header(&mut self, first: bool) -> io::Result<bool> {
-        if self.inner.fill_buf()?.is_empty() {
+        if self.input.fill(1)? == 0 {
             return if first { Err(truncated()) } else { Ok(false) };
         }
-        let mut fixed = [0u8; 10];
-        self.inner
-            .read_exact(&mut fixed)
-            .map_err(eof_is_truncation)?;
+        let fixed: [u8; 10] = self.read_array()?;
         if fixed[..3] != [0x1f, 0x8b, 8] {
             return Err(invalid("not a gzip member header"));
         }
@@ -64,8 +62,7 @@ impl<R: BufRead> UncheckedGzip<R> {
             return Err(invalid("reserved gzip header flags set"));
         }
         if flags & FEXTRA != 0 {
-            let mut len = [0u8; 2];
-            self.inner.read_exact(&mut len).map_err(eof_is_truncation)?;
+            let len: [u8; 2] = self.read_array()?;
             self.skip(u16::from_le_bytes(len).into())?;
         }
         for flag in [FNAME, FCOMMENT] {
@@ -79,31 +76,45 @@ impl<R: BufRead> UncheckedGzip<R> {
         Ok(true)
     }
 
-    /// Skips `n` bytes.
-    fn skip(&mut self, n: u64) -> io::Result<()> {
-        let skipped = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())?;
-        if skipped == n {
-            Ok(())
-        } else {
-            Err(truncated())
+    /// Reads the next `N` bytes.
+    fn read_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        if self.input.fill(N)? < N {
+            return Err(truncated());
         }
+        let bytes = self.input.available()[..N].try_into().expect("N bytes");
+        self.input.consume(N);
+        Ok(bytes)
+    }
+
+    /// Skips `n` bytes.
+    fn skip(&mut self, mut n: usize) -> io::Result<()> {
+        while n > 0 {
+            let available = self.input.fill(1)?;
+            if available == 0 {
+                return Err(truncated());
+            }
+            let k = available.min(n);
+            self.input.consume(k);
+            n -= k;
+        }
+        Ok(())
     }
 
     /// Skips a NUL-terminated string, never holding it in memory.
     fn skip_string(&mut self) -> io::Result<()> {
         loop {
-            let buf = self.inner.fill_buf()?;
-            if buf.is_empty() {
+            if self.input.fill(1)? == 0 {
                 return Err(truncated());
             }
+            let buf = self.input.available();
             match buf.iter().position(|&b| b == 0) {
                 Some(at) => {
-                    self.inner.consume(at + 1);
+                    self.input.consume(at + 1);
                     return Ok(());
                 }
                 None => {
                     let n = buf.len();
-                    self.inner.consume(n);
+                    self.input.consume(n);
                 }
             }
         }
@@ -111,10 +122,7 @@ impl<R: BufRead> UncheckedGzip<R> {
 
     /// Reads a member's trailer and checks the member's length.
     fn trailer(&mut self) -> io::Result<()> {
-        let mut trailer = [0u8; 8];
-        self.inner
-            .read_exact(&mut trailer)
-            .map_err(eof_is_truncation)?;
+        let trailer: [u8; 8] = self.read_array()?;
         let isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
         // ISIZE is the length mod 2^32: the truncation is the format's.
         if isize != self.inflate.total_out() as u32 {
@@ -124,7 +132,7 @@ impl<R: BufRead> UncheckedGzip<R> {
     }
 }
 
-impl<R: BufRead> Read for UncheckedGzip<R> {
+impl<R: Read> Read for UncheckedGzip<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
@@ -134,24 +142,13 @@ impl<R: BufRead> Read for UncheckedGzip<R> {
                 if !self.header(first)? {
                     return Ok(0);
                 }
-                self.inflate.reset(false);
+                self.inflate.reset();
                 self.state = State::Body;
             }
-            let input = self.inner.fill_buf()?;
-            let at_eof = input.is_empty();
-            let (in_before, out_before) = (self.inflate.total_in(), self.inflate.total_out());
-            let status = self
-                .inflate
-                .decompress(input, out, FlushDecompress::None)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let consumed = (self.inflate.total_in() - in_before) as usize;
-            let produced = (self.inflate.total_out() - out_before) as usize;
-            self.inner.consume(consumed);
-            if status == Status::StreamEnd {
+            let (produced, ended) = self.inflate.inflate(&mut self.input, out)?;
+            if ended {
                 self.trailer()?;
                 self.state = State::Header { first: false };
-            } else if at_eof && produced == 0 {
-                return Err(truncated());
             }
             if produced > 0 {
                 return Ok(produced);
@@ -168,20 +165,13 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-fn eof_is_truncation(e: io::Error) -> io::Error {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        truncated()
-    } else {
-        e
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::io::{BufReader, Write};
+    use std::io::Write;
 
     use flate2::GzBuilder;
 
+    use super::super::inflate::Trickle;
     use super::*;
 
     fn member(data: &[u8]) -> Vec<u8> {
@@ -190,9 +180,10 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    fn read_all(bytes: &[u8], buf_size: usize) -> io::Result<Vec<u8>> {
+    /// Reads all of `bytes`, which arrive `step` bytes a read.
+    fn read_all(bytes: &[u8], step: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        UncheckedGzip::new(BufReader::with_capacity(buf_size, bytes)).read_to_end(&mut out)?;
+        UncheckedGzip::new(Trickle::new(bytes, step), 4096).read_to_end(&mut out)?;
         Ok(out)
     }
 
@@ -201,14 +192,14 @@ mod tests {
     }
 
     #[test]
-    fn reads_what_flate2_reads_across_buffer_sizes() {
+    fn reads_what_flate2_reads_across_read_sizes() {
         for len in [0, 1, 1000, 300_000] {
             let data = pattern(len);
             let bytes = member(&data);
-            for buf_size in [1, 7, 4096, 1 << 20] {
+            for step in [1, 7, 4096, 1 << 20] {
                 assert!(
-                    read_all(&bytes, buf_size).unwrap() == data,
-                    "{len} bytes, buffer {buf_size}"
+                    read_all(&bytes, step).unwrap() == data,
+                    "{len} bytes, reads of {step}"
                 );
             }
         }

@@ -65,6 +65,7 @@ mod apply;
 mod decode;
 mod fresh;
 mod gzip;
+mod inflate;
 mod offload;
 mod resolve;
 mod sys;
