@@ -174,13 +174,15 @@ impl Inflater {
                 left = left.wrapping_sub(e);
                 let len = base_plus_extra(e, before);
                 let mut d = tables.dist[(buf & mask(DIST_ROOT)) as usize];
-                if d & SUBTABLE != 0 {
-                    buf >>= DIST_ROOT;
-                    left = left.wrapping_sub(DIST_ROOT);
-                    d = tables.dist[value(d) as usize + (buf & mask(extra(d))) as usize];
-                }
-                if d & INVALID != 0 {
-                    break 'outer Err("invalid distance code");
+                if d & (SUBTABLE | INVALID) != 0 {
+                    if d & SUBTABLE != 0 {
+                        buf >>= DIST_ROOT;
+                        left = left.wrapping_sub(DIST_ROOT);
+                        d = tables.dist[value(d) as usize + (buf & mask(extra(d))) as usize];
+                    }
+                    if d & INVALID != 0 {
+                        break 'outer Err("invalid distance code");
+                    }
                 }
                 let before = buf;
                 buf >>= nbits(d);
