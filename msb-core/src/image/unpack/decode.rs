@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
 use super::Compression;
-use super::gzip::UncheckedGzip;
+use super::gzip::GzipReader;
 
 /// Bytes per chunk handed from the decoder to the applier.
 const CHUNK: usize = 512 * 1024;
@@ -37,7 +37,7 @@ const CHUNK: usize = 512 * 1024;
 /// in flight, so this bounds decoded data in memory to 32 MiB.
 const DEPTH: usize = 32;
 
-/// Compressed bytes read at a time by the CRC-less gzip reader.
+/// Compressed bytes read at a time by the gzip reader.
 const GZIP_INPUT_BUF: usize = 128 * 1024;
 
 /// A layer to decode: its compressed stream and how it is compressed.
@@ -97,26 +97,34 @@ pub(super) fn decompressed_layers<'r>(
     })
 }
 
+/// The decompressed stream of `reader` (see [`super::decompress`]).
+pub(super) fn decoder<'r>(
+    reader: impl Read + Send + 'r,
+    compression: Compression,
+    gzip_crc: bool,
+) -> io::Result<Box<dyn Read + Send + 'r>> {
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(GzipReader::new(reader, GZIP_INPUT_BUF, gzip_crc)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+    })
+}
+
 /// The decoder thread: fills chunks from the decoder until the end of the
 /// stream, an error (sent on as the last item), or the applier going away.
-fn decode<R: Read>(
+fn decode<R: Read + Send>(
     reader: R,
     compression: Compression,
     gzip_crc: bool,
     filled: SyncSender<io::Result<Vec<u8>>>,
     empty: Receiver<Vec<u8>>,
 ) {
-    let mut decoder: Box<dyn Read> = match compression {
-        Compression::None => Box::new(reader),
-        Compression::Gzip if gzip_crc => Box::new(flate2::read::MultiGzDecoder::new(reader)),
-        Compression::Gzip => Box::new(UncheckedGzip::new(reader, GZIP_INPUT_BUF)),
-        Compression::Zstd => match zstd::stream::read::Decoder::new(reader) {
-            Ok(decoder) => Box::new(decoder),
-            Err(e) => {
-                let _ = filled.send(Err(e));
-                return;
-            }
-        },
+    let mut decoder = match decoder(reader, compression, gzip_crc) {
+        Ok(decoder) => decoder,
+        Err(e) => {
+            let _ = filled.send(Err(e));
+            return;
+        }
     };
     loop {
         let mut chunk = empty.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);

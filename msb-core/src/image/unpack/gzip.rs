@@ -1,15 +1,16 @@
-//! gzip without its CRC-32, for layers whose digest is verified anyway.
+//! gzip (RFC 1952): members of a header, a raw deflate stream and a trailer
+//! holding the CRC-32 and the length (mod 2^32) of the data.
 //!
-//! A gzip member (RFC 1952) is a header, a raw deflate stream and a trailer
-//! holding the CRC-32 and the length (mod 2^32) of the data. Computing the
-//! CRC costs about 5% of inflating; a pulled layer is covered by its sha256
-//! digest, which the puller checks before the tree is committed, so the CRC
-//! adds nothing there. This reader parses the framing itself, inflates raw
-//! deflate, and still checks each member's length, so truncation and most
-//! corruption are caught where they happen. Concatenated members are read
-//! in turn, as `MultiGzDecoder` (and Go's `gzip.Reader`) do.
+//! The deflate data goes through [`super::inflate`]. The CRC is optional:
+//! computing it costs about 5% of inflating, and a pulled layer is covered
+//! by its sha256 digest, which the puller checks before the tree is
+//! committed. Each member's length is checked either way, so truncation and
+//! most corruption are caught where they happen. Concatenated members are
+//! read in turn, as `MultiGzDecoder` (and Go's `gzip.Reader`) do.
 
 use std::io::{self, Read};
+
+use flate2::Crc;
 
 use super::inflate::{Inflater, Input};
 
@@ -30,20 +31,24 @@ enum State {
 }
 
 /// Reads the data of a gzip stream of one or more members, checking each
-/// member's length but not its CRC-32.
-pub(super) struct UncheckedGzip<R> {
+/// member's length, and its CRC-32 if asked to.
+pub(super) struct GzipReader<R> {
     input: Input<R>,
     inflate: Box<Inflater>,
     state: State,
+    /// The current member's CRC-32 so far, when checked.
+    crc: Option<Crc>,
 }
 
-impl<R: Read> UncheckedGzip<R> {
-    /// A reader of the gzip stream `inner`, read `buffer` bytes at a time.
-    pub(super) fn new(inner: R, buffer: usize) -> Self {
+impl<R: Read> GzipReader<R> {
+    /// A reader of the gzip stream `inner`, read `buffer` bytes at a time,
+    /// checking CRC-32s if `check_crc`.
+    pub(super) fn new(inner: R, buffer: usize, check_crc: bool) -> Self {
         Self {
             input: Input::new(inner, buffer),
             inflate: Box::new(Inflater::new()),
             state: State::Header { first: true },
+            crc: check_crc.then(Crc::new),
         }
     }
 
@@ -120,9 +125,16 @@ impl<R: Read> UncheckedGzip<R> {
         }
     }
 
-    /// Reads a member's trailer and checks the member's length.
+    /// Reads a member's trailer and checks the member's length (and CRC).
     fn trailer(&mut self) -> io::Result<()> {
         let trailer: [u8; 8] = self.read_array()?;
+        if let Some(crc) = &mut self.crc {
+            let expected = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+            if crc.sum() != expected {
+                return Err(invalid("gzip member CRC-32 does not match its data"));
+            }
+            crc.reset();
+        }
         let isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
         // ISIZE is the length mod 2^32: the truncation is the format's.
         if isize != self.inflate.total_out() as u32 {
@@ -132,7 +144,7 @@ impl<R: Read> UncheckedGzip<R> {
     }
 }
 
-impl<R: Read> Read for UncheckedGzip<R> {
+impl<R: Read> Read for GzipReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
@@ -146,6 +158,9 @@ impl<R: Read> Read for UncheckedGzip<R> {
                 self.state = State::Body;
             }
             let (produced, ended) = self.inflate.inflate(&mut self.input, out)?;
+            if let Some(crc) = &mut self.crc {
+                crc.update(&out[..produced]);
+            }
             if ended {
                 self.trailer()?;
                 self.state = State::Header { first: false };
@@ -183,7 +198,7 @@ mod tests {
     /// Reads all of `bytes`, which arrive `step` bytes a read.
     fn read_all(bytes: &[u8], step: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        UncheckedGzip::new(Trickle::new(bytes, step), 4096).read_to_end(&mut out)?;
+        GzipReader::new(Trickle::new(bytes, step), 4096, true).read_to_end(&mut out)?;
         Ok(out)
     }
 
@@ -242,23 +257,38 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_length_garbage_after_a_member_or_bad_flags_are_invalid() {
+    fn a_wrong_length_or_crc_garbage_after_a_member_or_bad_flags_are_invalid() {
         let good = member(&pattern(10_000));
         let mut wrong_len = good.clone();
         let n = wrong_len.len();
         wrong_len[n - 1] ^= 1;
+        let mut wrong_crc = good.clone();
+        wrong_crc[n - 8] ^= 1;
         let mut garbage = good.clone();
         garbage.extend(b"not gzip at all");
         let mut reserved = good.clone();
         reserved[3] |= 0x80;
         for (what, bytes) in [
             ("length", wrong_len),
+            ("crc", wrong_crc),
             ("garbage", garbage),
             ("flags", reserved),
         ] {
             let err = read_all(&bytes, 4096).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
         }
+    }
+
+    #[test]
+    fn the_crc_is_checked_only_when_asked() {
+        let mut bytes = member(&pattern(10_000));
+        let n = bytes.len();
+        bytes[n - 8] ^= 1;
+        let mut out = Vec::new();
+        GzipReader::new(&bytes[..], 4096, false)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == pattern(10_000));
     }
 
     #[test]

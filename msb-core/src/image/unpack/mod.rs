@@ -157,6 +157,31 @@ impl Compression {
     }
 }
 
+/// The tar stream of a compressed layer, decoded as [`apply_layer`] decodes
+/// it: gzip through msb's own streaming inflater (libdeflate's design; its
+/// CRC-32 checked if [`UnpackOptions::gzip_crc`]), zstd through libzstd.
+/// Read it in large buffers: the decoder writes straight into them.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use msb_core::image::unpack::{decompress, Compression, UnpackOptions};
+///
+/// let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+/// gz.write_all(b"a layer's tar stream")?;
+/// let gz = gz.finish()?;
+/// let mut tar = Vec::new();
+/// decompress(&gz[..], Compression::Gzip, &UnpackOptions::default())?.read_to_end(&mut tar)?;
+/// assert_eq!(tar, b"a layer's tar stream");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn decompress<'r>(
+    reader: impl Read + Send + 'r,
+    compression: Compression,
+    options: &UnpackOptions,
+) -> std::io::Result<Box<dyn Read + Send + 'r>> {
+    decode::decoder(reader, compression, options.gzip_crc)
+}
+
 /// How [`apply_layer`] treats what needs privileges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -86,9 +86,11 @@ pub(super) struct Inflater {
     /// The current block's tables, in one allocation so that the fast
     /// loop reaches both from one register.
     tables: Box<Tables>,
-    /// The last `window_len` bytes produced before this call, at the end.
+    /// The last `window_len` bytes produced before this call, a ring
+    /// whose newest byte is just before `window_end`.
     window: Box<[u8; WINDOW]>,
     window_len: usize,
+    window_end: usize,
     block: Block,
     last_block: bool,
     /// A match cut short by the end of the output: bytes left, distance.
@@ -106,6 +108,7 @@ impl Inflater {
             }),
             window: Box::new([0; WINDOW]),
             window_len: 0,
+            window_end: 0,
             block: Block::Header,
             last_block: false,
             pending: None,
@@ -117,6 +120,7 @@ impl Inflater {
     /// Starts a new stream.
     pub(super) fn reset(&mut self) {
         self.window_len = 0;
+        self.window_end = 0;
         self.block = Block::Header;
         self.last_block = false;
         self.pending = None;
@@ -405,27 +409,28 @@ impl Inflater {
     fn copy_match(&self, out: &mut [u8], o: usize, len: usize, dist: usize) {
         let mut done = 0;
         if dist > o {
+            // `back` bytes before `out`, from the ring, which may wrap.
             let back = dist - o;
-            let from = WINDOW - back;
+            let from = (self.window_end + WINDOW - back) % WINDOW;
             done = back.min(len);
-            out[o..o + done].copy_from_slice(&self.window[from..from + done]);
+            let first = done.min(WINDOW - from);
+            out[o..o + first].copy_from_slice(&self.window[from..from + first]);
+            out[o + first..o + done].copy_from_slice(&self.window[..done - first]);
         }
         for at in o + done..o + len {
             out[at] = out[at - dist];
         }
     }
 
-    /// Keeps the last 32 KiB of the history after producing `produced`.
+    /// Keeps the last 32 KiB of the history after producing `produced`:
+    /// a ring, so that small reads cost no more than their own bytes.
     fn remember(&mut self, produced: &[u8]) {
-        let n = produced.len();
-        if n >= WINDOW {
-            self.window.copy_from_slice(&produced[n - WINDOW..]);
-            self.window_len = WINDOW;
-        } else if n > 0 {
-            self.window.copy_within(n.., 0);
-            self.window[WINDOW - n..].copy_from_slice(produced);
-            self.window_len = (self.window_len + n).min(WINDOW);
-        }
+        let kept = &produced[produced.len().saturating_sub(WINDOW)..];
+        let first = kept.len().min(WINDOW - self.window_end);
+        self.window[self.window_end..self.window_end + first].copy_from_slice(&kept[..first]);
+        self.window[..kept.len() - first].copy_from_slice(&kept[first..]);
+        self.window_end = (self.window_end + kept.len()) % WINDOW;
+        self.window_len = (self.window_len + kept.len()).min(WINDOW);
     }
 
     /// Makes at least `n` (at most 56) bits available, reading a byte at a
