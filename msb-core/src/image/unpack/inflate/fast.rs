@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 
 use super::table::{
-    DIST_ROOT, END_OF_BLOCK, INVALID, LITERAL, LITLEN_ROOT, SUBTABLE, base_plus_extra, extra,
+    DIST_ROOT, END_OF_BLOCK, INVALID, LITERAL, LITLEN_ROOT, SUBTABLE, base_plus_extra, index_bits,
     nbits, value,
 };
 use super::{Block, Inflater, Input, invalid};
@@ -145,7 +145,7 @@ impl Inflater {
                     if e & SUBTABLE != 0 {
                         buf >>= LITLEN_ROOT;
                         left = left.wrapping_sub(LITLEN_ROOT);
-                        e = tables.litlen[value(e) as usize + (buf & mask(extra(e))) as usize];
+                        e = tables.litlen[value(e) as usize + (buf & mask(index_bits(e))) as usize];
                         if e & LITERAL != 0 {
                             buf >>= nbits(e);
                             left = left.wrapping_sub(e);
@@ -178,7 +178,7 @@ impl Inflater {
                     if d & SUBTABLE != 0 {
                         buf >>= DIST_ROOT;
                         left = left.wrapping_sub(DIST_ROOT);
-                        d = tables.dist[value(d) as usize + (buf & mask(extra(d))) as usize];
+                        d = tables.dist[value(d) as usize + (buf & mask(index_bits(d))) as usize];
                     }
                     if d & INVALID != 0 {
                         break 'outer Err("invalid distance code");

@@ -36,7 +36,7 @@ use std::io::{self, Read};
 
 use table::{
     CODELEN_ENTRIES, CODELEN_ROOT, DIST_ENTRIES, DIST_ROOT, END_OF_BLOCK, INVALID, LITERAL,
-    LITLEN_ENTRIES, LITLEN_ROOT, MAX_CODE_LEN, SUBTABLE, base_plus_extra, extra, nbits, value,
+    LITLEN_ENTRIES, LITLEN_ROOT, MAX_CODE_LEN, SUBTABLE, base_plus_extra, index_bits, nbits, value,
 };
 
 /// How far back a match can reach.
@@ -230,7 +230,7 @@ impl Inflater {
         let mut e = self.tables.litlen[self.peek(LITLEN_ROOT)];
         if e & SUBTABLE != 0 {
             self.consume(LITLEN_ROOT);
-            e = self.tables.litlen[value(e) as usize + self.peek(extra(e))];
+            e = self.tables.litlen[value(e) as usize + self.peek(index_bits(e))];
         }
         if e & INVALID != 0 {
             return Err(self.bad_code(MAX_CODE_LEN, "invalid literal/length code"));
@@ -251,7 +251,7 @@ impl Inflater {
         let mut d = self.tables.dist[self.peek(DIST_ROOT)];
         if d & SUBTABLE != 0 {
             self.consume(DIST_ROOT);
-            d = self.tables.dist[value(d) as usize + self.peek(extra(d))];
+            d = self.tables.dist[value(d) as usize + self.peek(index_bits(d))];
         }
         if d & INVALID != 0 {
             return Err(self.bad_code(MAX_CODE_LEN, "invalid distance code"));

@@ -11,20 +11,22 @@
 //! An entry is one `u32`:
 //!
 //! ```text
-//!  31   30             16 15    12 11     8 7  6 5 4       0
-//! +---+-----------------+--------+--------+----+-+---------+
-//! |lit|      value      |  kind  | extra  | -- |0|  nbits  |
-//! +---+-----------------+--------+--------+----+-+---------+
+//!  31   30             16 15  14  12 11     8 7  6 5 4       0
+//! +---+-----------------+---+------+--------+----+-+---------+
+//! |lit|      value      | - | kind |  code  | -- |0|  nbits  |
+//! +---+-----------------+---+------+--------+----+-+---------+
 //! ```
 //!
 //! - `nbits`: the bits this lookup consumes: the code's length (or what is
 //!   left of a long code, in a subtable) plus its extra bits, or `root` for
 //!   a subtable pointer. Bit 5 is clear, so `entry & 63` is the count, which
 //!   a 64-bit shift (`shrx`) masks to by itself;
-//! - `extra`: the extra bits of a length or distance code, the last bits
-//!   of `nbits`; for a subtable pointer, the subtable's index bits;
+//! - `code`: the bits of `nbits` that are the code (the rest are extra
+//!   bits, so `(bits & mask(nbits)) >> code` are those, as in libdeflate);
+//!   for a subtable pointer, the subtable's index bits;
 //! - `kind`: [`SUBTABLE`], [`END_OF_BLOCK`] or [`INVALID`], and bit 31
-//!   [`LITERAL`] (none: a length or distance base);
+//!   [`LITERAL`] (none: a length or distance base, and then `code` and
+//!   `kind` read together as 6 bits are `code` alone);
 //! - `value`: the literal byte, the length or distance base, or where the
 //!   subtable starts.
 
@@ -68,9 +70,9 @@ pub(super) const fn nbits(entry: u32) -> u32 {
     entry & 63
 }
 
-/// The extra bits of `entry`'s code (or a subtable's index bits).
+/// A subtable pointer's index bits.
 #[inline(always)]
-pub(super) const fn extra(entry: u32) -> u32 {
+pub(super) const fn index_bits(entry: u32) -> u32 {
     (entry >> 8) & 0xf
 }
 
@@ -81,20 +83,26 @@ pub(super) const fn value(entry: u32) -> u32 {
     (entry >> 16) & 0x7fff
 }
 
-/// The length or distance that `entry` decodes to, from the bit buffer as
-/// it was before the lookup consumed its `nbits`: the base plus the extra
-/// bits that follow the code.
+/// The length or distance that `entry` (a length or distance base)
+/// decodes to, from the bit buffer as it was before the lookup consumed
+/// its `nbits`: the base plus the extra bits that follow the code.
 #[inline(always)]
 pub(super) fn base_plus_extra(entry: u32, before: u64) -> usize {
-    let n = nbits(entry);
-    let extra = (before & ((1u64 << n) - 1)) >> (n - extra(entry));
-    value(entry) as usize + extra as usize
+    // No kind bits (bits 12-15, 31) are set in such an entry: `>> 16` is
+    // the value and `(entry >> 8) & 63` the code's length.
+    let code_and_extra = before & ((1u64 << nbits(entry)) - 1);
+    (entry >> 16) as usize + (code_and_extra >> ((entry >> 8) & 63)) as usize
 }
 
 /// An entry for a symbol, without its code length (which [`build`] adds
-/// to `nbits`): the extra bits count in both fields.
+/// to `nbits` and `code`): `nbits` holds the extra bits.
 const fn entry(value: u32, kind: u32, extra: u32) -> u32 {
-    (value << 16) | kind | (extra << 8) | extra
+    (value << 16) | kind | extra
+}
+
+/// `entry` for a code of `len` bits (of this table level).
+const fn with_code(entry: u32, len: u32) -> u32 {
+    entry + len + (len << 8)
 }
 
 /// A subtable pointer: `root` bits consumed, `bits` index bits.
@@ -231,7 +239,7 @@ pub(super) fn build(
             first_long = first_long.min(i);
             continue;
         }
-        let e = entry_of(usize::from(sym)) + len as u32;
+        let e = with_code(entry_of(usize::from(sym)), len as u32);
         let mut at = usize::from(codes[i]);
         while at < 1 << root {
             table[at] = e;
@@ -257,7 +265,7 @@ pub(super) fn build(
         for k in i..j {
             let sym = usize::from(sorted[k]);
             let rest = u32::from(lens[sym]) - root;
-            let e = entry_of(sym) + rest;
+            let e = with_code(entry_of(sym), rest);
             let mut at = usize::from(codes[k] >> root);
             while at < 1 << sub_bits {
                 table[start + at] = e;
@@ -289,7 +297,7 @@ mod tests {
         if e & SUBTABLE == 0 {
             return (value(e), nbits(e));
         }
-        let sub = (bits >> root) & ((1 << extra(e)) - 1);
+        let sub = (bits >> root) & ((1 << index_bits(e)) - 1);
         let e2 = table[(value(e) + sub) as usize];
         (value(e2), root + nbits(e2))
     }
