@@ -5,8 +5,8 @@
 use std::io::{self, Read};
 
 use super::table::{
-    DIST_ROOT, END_OF_BLOCK, INVALID, LITERAL, LITLEN_ROOT, SUBTABLE, base_plus_extra, index_bits,
-    nbits, value,
+    DIST_ROOT, END_OF_BLOCK, INVALID, LITERAL, LITLEN_ENTRIES, LITLEN_ROOT, SUBTABLE,
+    base_plus_extra, index_bits, nbits, value,
 };
 use super::{Block, Inflater, Input, invalid};
 
@@ -114,29 +114,16 @@ impl Inflater {
                 unsafe { refill(&mut buf, &mut left, &mut ip) };
                 if e & LITERAL != 0 {
                     // Up to three literals (15 bits each) from one refill.
-                    buf >>= nbits(e);
-                    left = left.wrapping_sub(e);
-                    let lit = value(e) as u8;
-                    e = tables.litlen[(buf & mask(LITLEN_ROOT)) as usize];
                     // SAFETY: within the iteration's 264 bytes of output.
-                    unsafe { op.write(lit) };
-                    op = op.wrapping_add(1);
+                    unsafe { literal(&tables.litlen, &mut e, &mut buf, &mut left, &mut op) };
                     if e & LITERAL != 0 {
-                        buf >>= nbits(e);
-                        left = left.wrapping_sub(e);
-                        let lit = value(e) as u8;
-                        e = tables.litlen[(buf & mask(LITLEN_ROOT)) as usize];
-                        // SAFETY: within the iteration's 264 bytes of output.
-                        unsafe { op.write(lit) };
-                        op = op.wrapping_add(1);
+                        // SAFETY: as above.
+                        unsafe { literal(&tables.litlen, &mut e, &mut buf, &mut left, &mut op) };
                         if e & LITERAL != 0 {
-                            buf >>= nbits(e);
-                            left = left.wrapping_sub(e);
-                            let lit = value(e) as u8;
-                            e = tables.litlen[(buf & mask(LITLEN_ROOT)) as usize];
-                            // SAFETY: within the iteration's 264 bytes of output.
-                            unsafe { op.write(lit) };
-                            op = op.wrapping_add(1);
+                            // SAFETY: as above.
+                            unsafe {
+                                literal(&tables.litlen, &mut e, &mut buf, &mut left, &mut op)
+                            };
                         }
                     }
                     continue;
@@ -147,13 +134,10 @@ impl Inflater {
                         left = left.wrapping_sub(LITLEN_ROOT);
                         e = tables.litlen[value(e) as usize + (buf & mask(index_bits(e))) as usize];
                         if e & LITERAL != 0 {
-                            buf >>= nbits(e);
-                            left = left.wrapping_sub(e);
-                            let lit = value(e) as u8;
-                            e = tables.litlen[(buf & mask(LITLEN_ROOT)) as usize];
                             // SAFETY: within the iteration's 264 bytes of output.
-                            unsafe { op.write(lit) };
-                            op = op.wrapping_add(1);
+                            unsafe {
+                                literal(&tables.litlen, &mut e, &mut buf, &mut left, &mut op)
+                            };
                             continue;
                         }
                     }
@@ -212,6 +196,29 @@ impl Inflater {
         let o = op as usize - out_start as usize;
         exit.map(|exit| (o, exit)).map_err(invalid)
     }
+}
+
+/// Writes the literal of entry `e` at `op`, consumes its bits and looks up
+/// the entry after it in `litlen`.
+///
+/// # Safety
+///
+/// The byte at `op` must be writable.
+#[inline(always)]
+unsafe fn literal(
+    litlen: &[u32; LITLEN_ENTRIES],
+    e: &mut u32,
+    buf: &mut u64,
+    left: &mut u32,
+    op: &mut *mut u8,
+) {
+    *buf >>= nbits(*e);
+    *left = left.wrapping_sub(*e);
+    let lit = value(*e) as u8;
+    *e = litlen[(*buf & mask(LITLEN_ROOT)) as usize];
+    // SAFETY: the caller vouches for the byte.
+    unsafe { op.write(lit) };
+    *op = op.wrapping_add(1);
 }
 
 /// Refills the bit buffer to 56..=63 bits from the 8 bytes at `ip`,

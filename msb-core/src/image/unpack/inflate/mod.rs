@@ -235,17 +235,7 @@ impl Inflater {
         o: &mut usize,
     ) -> io::Result<bool> {
         self.need(input, 48)?;
-        let mut e = self.tables.litlen[self.peek(LITLEN_ROOT)];
-        if e & SUBTABLE != 0 {
-            self.consume(LITLEN_ROOT);
-            e = self.tables.litlen[value(e) as usize + self.peek(index_bits(e))];
-        }
-        if e & INVALID != 0 {
-            return Err(self.bad_code(MAX_CODE_LEN, "invalid literal/length code"));
-        }
-        let before = self.bits.buf;
-        self.consume(nbits(e));
-        self.check_real()?;
+        let (e, before) = self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
         if e & LITERAL != 0 {
             out[*o] = value(e) as u8;
             *o += 1;
@@ -256,17 +246,7 @@ impl Inflater {
             return Ok(true);
         }
         let len = base_plus_extra(e, before);
-        let mut d = self.tables.dist[self.peek(DIST_ROOT)];
-        if d & SUBTABLE != 0 {
-            self.consume(DIST_ROOT);
-            d = self.tables.dist[value(d) as usize + self.peek(index_bits(d))];
-        }
-        if d & INVALID != 0 {
-            return Err(self.bad_code(MAX_CODE_LEN, "invalid distance code"));
-        }
-        let before = self.bits.buf;
-        self.consume(nbits(d));
-        self.check_real()?;
+        let (d, before) = self.code(|t| &t.dist, DIST_ROOT, "invalid distance code")?;
         let dist = base_plus_extra(d, before);
         if dist > *o + self.window_len {
             return Err(invalid("invalid distance too far back"));
@@ -278,6 +258,29 @@ impl Inflater {
             self.pending = Some((len - n, dist));
         }
         Ok(false)
+    }
+
+    /// Decodes the next code with `table` (of `root` index bits, and its
+    /// subtables) and consumes it: its entry, and the bit buffer as it was
+    /// before the entry's own bits (for [`base_plus_extra`]).
+    fn code(
+        &mut self,
+        table: impl Fn(&Tables) -> &[u32],
+        root: u32,
+        invalid_code: &'static str,
+    ) -> io::Result<(u32, u64)> {
+        let mut e = table(&self.tables)[self.peek(root)];
+        if e & SUBTABLE != 0 {
+            self.consume(root);
+            e = table(&self.tables)[value(e) as usize + self.peek(index_bits(e))];
+        }
+        if e & INVALID != 0 {
+            return Err(self.bad_code(MAX_CODE_LEN, invalid_code));
+        }
+        let before = self.bits.buf;
+        self.consume(nbits(e));
+        self.check_real()?;
+        Ok((e, before))
     }
 
     /// Reads a block header and, for a Huffman block, builds its tables.
