@@ -27,7 +27,7 @@
 //! The kernel-side facts (steps 1–5, [`HostFacts`]) are cached per boot in
 //! `<state home>/cache/kvm-probe.json`, keyed by the boot id, the caller's
 //! user and groups and the device node's owner and mode, and in memory by
-//! [`probe`]. The libraries are looked up afresh each time. Uncached, the
+//! [`probe()`]. The libraries are looked up afresh each time. Uncached, the
 //! probe takes about 0.1 ms when sysfs decides and some 10 ms when it goes on
 //! to create a VM; from the cache file, tens of microseconds.
 //!

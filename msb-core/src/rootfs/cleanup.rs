@@ -8,7 +8,7 @@
 //! directories are made writable (`chmod 0700` through an `O_PATH`
 //! descriptor) before their entries are removed. Mount points are never
 //! crossed: a mounted `merged` is refused with
-//! [`RootfsErrorKind::StillMounted`](super::RootfsErrorKind::StillMounted).
+//! [`RootfsErrorKind::StillMounted`].
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
