@@ -524,7 +524,7 @@ impl Inflater {
     }
 }
 
-pub(super) fn truncated() -> io::Error {
+fn truncated() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "deflate stream truncated")
 }
 
