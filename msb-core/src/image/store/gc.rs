@@ -239,7 +239,7 @@ fn owner_is_gone(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::image::store::ImageMeta;
-    use crate::image::store::test_support::{entries, sha256, store};
+    use crate::image::store::test_support::{commit_tree, entries, sha256, store};
     use crate::image::{DigestAlgorithm, Reference};
     use serde_json::json;
     use std::fs::File;
@@ -288,12 +288,6 @@ mod tests {
             .put_blob_content(DigestAlgorithm::Sha256, &manifest)
             .unwrap();
         (manifest_digest, blobs)
-    }
-
-    fn commit_tree(store: &ImageStore, digest: &Digest) {
-        let build = store.begin_tree(digest).unwrap();
-        fs::write(build.path().join("f"), b"x").unwrap();
-        build.commit().unwrap();
     }
 
     #[test]

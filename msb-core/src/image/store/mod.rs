@@ -198,6 +198,13 @@ pub(crate) mod test_support {
         Digest::new(DigestAlgorithm::Sha256, hex::encode(Sha256::digest(bytes))).expect("digest")
     }
 
+    /// Commits a tree for `digest` holding one small file.
+    pub(crate) fn commit_tree(store: &ImageStore, digest: &Digest) {
+        let build = store.begin_tree(digest).expect("begin tree");
+        std::fs::write(build.path().join("f"), b"x").expect("write file");
+        build.commit().expect("commit tree");
+    }
+
     /// Names of the entries directly in `dir`, sorted.
     pub(crate) fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)

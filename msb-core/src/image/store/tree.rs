@@ -320,7 +320,7 @@ impl Drop for TreeBuild {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::store::test_support::{entries, sha256, store};
+    use crate::image::store::test_support::{commit_tree, entries, sha256, store};
     use std::os::unix::fs::PermissionsExt;
     use std::sync::{Arc, Barrier};
 
@@ -419,17 +419,11 @@ mod tests {
         fs::write(store.tree_dir(digest).join(COMPLETE_MARKER), content).unwrap();
     }
 
-    fn committed(store: &ImageStore, digest: &Digest) {
-        let build = store.begin_tree(digest).unwrap();
-        fs::write(build.path().join("file"), b"data").unwrap();
-        build.commit().unwrap();
-    }
-
     #[test]
     fn a_tree_of_this_boot_is_present_one_of_an_earlier_boot_is_not() {
         let (_home, store) = store();
         let digest = sha256(b"manifest");
-        committed(&store, &digest);
+        commit_tree(&store, &digest);
         let marker = fs::read_to_string(store.tree_dir(&digest).join(COMPLETE_MARKER)).unwrap();
         let boot = boot_id().expect("Linux tells its boot id");
         assert_eq!(marker, format!("{digest}\nboot {boot}\n"));
@@ -461,13 +455,10 @@ mod tests {
             &digest,
             &format!("{digest}\nboot 0f0f0f0f-1111-2222-3333-444455556666\n"),
         );
-        fs::write(store.tree_path(&digest).join("file"), b"").unwrap();
-        committed(&store, &digest);
+        fs::write(store.tree_path(&digest).join("f"), b"").unwrap();
+        commit_tree(&store, &digest);
         assert!(store.has_tree(&digest));
-        assert_eq!(
-            fs::read(store.tree_path(&digest).join("file")).unwrap(),
-            b"data"
-        );
+        assert_eq!(fs::read(store.tree_path(&digest).join("f")).unwrap(), b"x");
         assert!(entries(&store.tmp_dir()).is_empty());
     }
 
@@ -475,8 +466,8 @@ mod tests {
     fn settling_marks_old_enough_trees_of_this_boot_synced() {
         let (_home, store) = store();
         let (young, other) = (sha256(b"young"), sha256(b"other boot"));
-        committed(&store, &young);
-        committed(&store, &other);
+        commit_tree(&store, &young);
+        commit_tree(&store, &other);
         let foreign = format!("{other}\nboot 0f0f0f0f-1111-2222-3333-444455556666\n");
         forge_marker(&store, &other, &foreign);
         // Just committed: not old enough to be worth a sync yet.
