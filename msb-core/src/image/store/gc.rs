@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::fsutil::{dir_names, io_err, remove_tree_all};
 use super::lock::{Mode, lock};
 use super::tree::COMPLETE_MARKER;
-use super::{ALGORITHMS, CorruptionKind, ImageStore};
+use super::{ALGORITHMS, CorruptionKind, ImageStore, tree_digest};
 use crate::error::{Error, Result};
 use crate::image::Digest;
 
@@ -98,10 +98,7 @@ impl ImageStore {
 
         let trees = self.trees_dir();
         for name in dir_names(&trees)? {
-            if !ALGORITHMS
-                .iter()
-                .any(|alg| Digest::new(*alg, name.as_str()).is_ok())
-            {
+            if tree_digest(&name).is_none() {
                 tracing::warn!(path = %trees.join(&name).display(), "ignoring unexpected entry in trees");
                 continue;
             }

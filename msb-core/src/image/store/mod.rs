@@ -137,6 +137,14 @@ pub enum CorruptionKind {
 
 const ALGORITHMS: [DigestAlgorithm; 2] = [DigestAlgorithm::Sha256, DigestAlgorithm::Sha512];
 
+/// The manifest digest a directory under `trees/` is named for, if its
+/// name is one (a hex digest of a known algorithm).
+fn tree_digest(name: &str) -> Option<Digest> {
+    ALGORITHMS
+        .iter()
+        .find_map(|&alg| Digest::new(alg, name).ok())
+}
+
 impl ImageStore {
     /// Opens (creating as needed) the store under `home`, i.e. at
     /// `home/images`.

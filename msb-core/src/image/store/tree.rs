@@ -27,7 +27,7 @@ use super::fsutil::{
     create_temp_dir, create_temp_file, dir_names, io_err, remove_tree_all, sync_dir, unique_name,
 };
 use super::lock::{Mode, lock};
-use super::{ALGORITHMS, ImageStore, StoreLease};
+use super::{ImageStore, StoreLease, tree_digest};
 use crate::error::Result;
 use crate::image::Digest;
 
@@ -148,10 +148,7 @@ impl ImageStore {
         let trees = self.trees_dir();
         let mut pending = Vec::new();
         for name in dir_names(&trees)? {
-            let Some(digest) = ALGORITHMS
-                .iter()
-                .find_map(|alg| Digest::new(*alg, name.as_str()).ok())
-            else {
+            let Some(digest) = tree_digest(&name) else {
                 continue;
             };
             let marker = trees.join(&name).join(COMPLETE_MARKER);
