@@ -139,7 +139,7 @@ impl Puller {
             let lease = store.lease()?;
             // Before this pull dirties anything: trees committed a while ago
             // are made durable, cheaply (the kernel wrote them back by now).
-            if let Err(e) = store.settle_trees(SETTLE_AGE) {
+            if let Err(e) = store.settle_trees_leased(SETTLE_AGE) {
                 tracing::warn!(error = %e, "could not mark trees synced");
             }
             Ok(lease)
