@@ -12,7 +12,7 @@ use std::io::{self, Read};
 
 use flate2::Crc;
 
-use super::inflate::{Inflater, Input};
+use super::inflate::{Inflater, Input, Stop};
 
 /// Header flags (RFC 1952, 2.3.1).
 const FHCRC: u8 = 1 << 1;
@@ -38,6 +38,11 @@ pub(super) struct GzipReader<R> {
     state: State,
     /// The current member's CRC-32 so far, when checked.
     crc: Option<Crc>,
+    /// Whether the current member's length is left to the caller: see
+    /// [`GzipReader::resume`].
+    defer_length: bool,
+    /// The deferred length: the trailer's ISIZE and the bytes produced.
+    deferred: Option<(u32, u64)>,
 }
 
 impl<R: Read> GzipReader<R> {
@@ -49,7 +54,69 @@ impl<R: Read> GzipReader<R> {
             inflate: Box::new(Inflater::new()),
             state: State::Header { first: true },
             crc: check_crc.then(Crc::new),
+            defer_length: false,
+            deferred: None,
         }
+    }
+
+    /// A reader that starts in the middle of a member's deflate data, at
+    /// byte `offset` of the gzip stream (`inner` reads from there) and
+    /// `skip` bits into it, where a block starts after `history` (see
+    /// [`Inflater::resume`]). The CRC is not checked. The current member's
+    /// length cannot be checked here either, as its bytes before this point
+    /// are unknown: the trailer's ISIZE and the bytes read up to it are
+    /// kept for [`Self::take_deferred_length`].
+    pub(super) fn resume(
+        inner: R,
+        buffer: usize,
+        offset: u64,
+        skip: u32,
+        history: &[u8],
+    ) -> io::Result<Self> {
+        let mut reader = Self {
+            input: Input::at(inner, buffer, offset),
+            inflate: Box::new(Inflater::new()),
+            state: State::Body,
+            crc: None,
+            defer_length: true,
+            deferred: None,
+        };
+        reader.inflate.resume(history);
+        reader.inflate.skip_bits(&mut reader.input, skip)?;
+        Ok(reader)
+    }
+
+    /// The first member's ISIZE and the bytes this reader produced of it,
+    /// once its trailer was read, for a reader made by [`Self::resume`].
+    pub(super) fn take_deferred_length(&mut self) -> Option<(u32, u64)> {
+        self.deferred.take()
+    }
+
+    /// Where the reader is in the stream, in bits, if inside a member's
+    /// deflate data.
+    pub(super) fn bit_position(&self) -> Option<u64> {
+        (self.state == State::Body).then(|| self.inflate.bit_position(&self.input))
+    }
+
+    /// Stops before the deflate block that starts at bit `bit` of the
+    /// stream, if one does (then reads return 0): see [`Inflater::stop_at`].
+    pub(super) fn stop_at(&mut self, bit: u64) {
+        self.inflate.stop_at(bit);
+    }
+
+    /// See [`Inflater::stop`].
+    pub(super) fn stop(&self) -> Stop {
+        self.inflate.stop()
+    }
+
+    /// The last 32 KiB of the current member's data.
+    pub(super) fn history(&self) -> Vec<u8> {
+        self.inflate.history()
+    }
+
+    /// Bytes of the current member's data produced so far.
+    pub(super) fn member_out(&self) -> u64 {
+        self.inflate.total_out()
     }
 
     /// Reads a member's header. `false` at the clean end of the stream
@@ -136,6 +203,11 @@ impl<R: Read> GzipReader<R> {
             crc.reset();
         }
         let isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
+        if self.defer_length {
+            self.defer_length = false;
+            self.deferred = Some((isize, self.inflate.total_out()));
+            return Ok(());
+        }
         // ISIZE is the length mod 2^32: the truncation is the format's.
         if isize != self.inflate.total_out() as u32 {
             return Err(invalid("gzip member length does not match its data"));
@@ -160,6 +232,9 @@ impl<R: Read> Read for GzipReader<R> {
             let (produced, ended) = self.inflate.inflate(&mut self.input, out)?;
             if let Some(crc) = &mut self.crc {
                 crc.update(&out[..produced]);
+            }
+            if self.inflate.stop() == Stop::Reached {
+                return Ok(produced);
             }
             if ended {
                 self.trailer()?;
@@ -298,5 +373,149 @@ mod tests {
         bytes.push(0);
         bytes.extend(&member(b"data")[10..]);
         assert_eq!(read_all(&bytes, 64 * 1024).unwrap(), b"data");
+    }
+}
+
+/// Decoding a gzip stream in two parts that meet at a block boundary, as the
+/// decoder threads do (see `inflate::split` and `decode`).
+#[cfg(test)]
+mod split_tests {
+    use std::io::Write;
+
+        use std::io::Read as _;
+
+    use super::super::inflate::{Trickle, find_head};
+    use super::*;
+
+    /// `len` bytes of real machine code and data: this test binary's.
+    /// Made-up data with a small vocabulary never lets a block be found:
+    /// every word copies its last occurrence, so the bytes from before the
+    /// split reach forward without end (see `inflate::split`).
+    fn real_bytes(len: usize) -> Vec<u8> {
+        let mut exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let mut data = vec![0; len];
+        std::io::Seek::seek(&mut exe, std::io::SeekFrom::Start(1 << 20)).unwrap();
+        exe.read_exact(&mut data).unwrap();
+        data
+    }
+
+    fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e =
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// What a split at the first block found from byte `at` of `bytes`
+    /// decodes to: `None` if none was found, or the front went past it.
+    fn split_read(bytes: &[u8], at: usize) -> Option<io::Result<Vec<u8>>> {
+        let head = find_head(&bytes[at..], at as u64, 8 * at as u64, 8 << 20)?;
+        assert!(head.start_bit >= 8 * at as u64 && head.resume_bit > head.start_bit);
+        let mut front = GzipReader::new(Trickle::new(bytes, 5000), 4096, false);
+        front.stop_at(head.start_bit);
+        let mut out = Vec::new();
+        if let Err(e) = front.read_to_end(&mut out) {
+            return Some(Err(e));
+        }
+        if front.stop() != Stop::Reached {
+            return None;
+        }
+        out.extend(head.resolve(&front.history()).unwrap());
+        let base = front.member_out() + head.len() as u64;
+        let resume = head.resume_bit / 8;
+        let mut back = GzipReader::resume(
+            &bytes[resume as usize..],
+            4096,
+            resume,
+            (head.resume_bit % 8) as u32,
+            &head.history(),
+        )
+        .unwrap();
+        let mut rest = Vec::new();
+        let read = back.read_to_end(&mut rest);
+        let (isize, produced) = back.take_deferred_length().expect("the member's trailer");
+        out.extend(rest);
+        Some(read.and_then(|_| {
+            if isize == (base + produced) as u32 {
+                Ok(out)
+            } else {
+                Err(invalid("gzip member length does not match its data"))
+            }
+        }))
+    }
+
+    #[test]
+    fn two_parts_meeting_at_a_block_decode_as_one() {
+        let data = real_bytes(4 << 20);
+        let mut splits = 0;
+        for level in [3, 6, 9] {
+            let bytes = gzip(&data, level);
+            for percent in [0, 10, 35, 50, 70, 97] {
+                let at = 10 + bytes.len() * percent / 100;
+                match split_read(&bytes, at) {
+                    Some(out) => {
+                        assert!(out.unwrap() == data, "level {level}, split at {at}");
+                        splits += 1;
+                    }
+                    None => assert!(percent >= 70, "no split at {percent}%, level {level}"),
+                }
+            }
+        }
+        assert!(splits >= 12, "{splits} splits");
+    }
+
+    #[test]
+    fn a_stop_where_no_block_starts_is_passed() {
+        let data = real_bytes(1 << 20);
+        let bytes = gzip(&data, 6);
+        let head = find_head(&bytes[1000..], 1000, 8000, 8 << 20).unwrap();
+        for bit in [head.start_bit - 1, head.start_bit + 1] {
+            let mut front = GzipReader::new(&bytes[..], 4096, false);
+            front.stop_at(bit);
+            let mut out = Vec::new();
+            front.read_to_end(&mut out).unwrap();
+            assert_eq!(front.stop(), Stop::Missed);
+            assert!(out == data);
+        }
+    }
+
+    #[test]
+    fn the_parts_keep_the_length_check_and_later_members() {
+        let data = real_bytes(2 << 20);
+        let mut bytes = gzip(&data, 6);
+        let second = gzip(b"second member", 6);
+        bytes.extend_from_slice(&second);
+        let mut whole = data.clone();
+        whole.extend_from_slice(b"second member");
+        let at = bytes.len() / 2;
+        assert!(split_read(&bytes, at).unwrap().unwrap() == whole);
+        // A wrong ISIZE in the first member's trailer: the back part reads
+        // on, and the length check fails once both parts are known.
+        let isize_at = bytes.len() - second.len() - 4;
+        bytes[isize_at] ^= 1;
+        let err = split_read(&bytes, at).unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
+
+#[cfg(test)]
+mod split_probe {
+    use super::super::inflate::find_head;
+    #[test]
+    #[ignore = "probe"]
+    fn probe_heads() {
+        let Ok(path) = std::env::var("MSB_INFLATE_BENCH") else { return };
+        let gz = std::fs::read(path).unwrap();
+        for percent in [5, 10, 20, 30, 40, 50, 60, 70, 80, 90] {
+            let at = gz.len() * percent / 100;
+            let region = &gz[at..(at + (4 << 20)).min(gz.len())];
+            let t = std::time::Instant::now();
+            let head = find_head(region, at as u64, 8 * at as u64, 16 << 20);
+            let took = t.elapsed();
+            match head {
+                Some(h) => println!("{percent}%: start +{} bits, resume +{} bytes, head {} bytes, {took:?}", h.start_bit - 8 * at as u64, (h.resume_bit - h.start_bit) / 8, h.len()),
+                None => println!("{percent}%: none, {took:?}"),
+            }
+        }
     }
 }

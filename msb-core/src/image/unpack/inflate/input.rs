@@ -12,19 +12,28 @@ pub(in crate::image::unpack) struct Input<R> {
     pub(super) end: usize,
     /// The reader reported its end.
     pub(super) eof: bool,
+    /// Where `buf[0]` is in the stream, in bytes.
+    pub(super) offset: u64,
 }
 
 impl<R: Read> Input<R> {
     /// A buffer of `capacity` bytes (at least 4 KiB) over `src`.
     pub(in crate::image::unpack) fn new(src: R, capacity: usize) -> Self {
+        Self::at(src, capacity, 0)
+    }
+
+    /// A buffer over `src`, whose first byte is at `offset` in the stream.
+    pub(in crate::image::unpack) fn at(src: R, capacity: usize, offset: u64) -> Self {
         Self {
             src,
             buf: vec![0; capacity.max(4096)].into_boxed_slice(),
             pos: 0,
             end: 0,
             eof: false,
+            offset,
         }
     }
+
 
     /// The unread bytes.
     pub(in crate::image::unpack) fn available(&self) -> &[u8] {
@@ -47,6 +56,7 @@ impl<R: Read> Input<R> {
             return Ok(self.end - self.pos);
         }
         self.buf.copy_within(self.pos..self.end, 0);
+        self.offset += self.pos as u64;
         self.end -= self.pos;
         self.pos = 0;
         while self.end < want {
@@ -61,6 +71,13 @@ impl<R: Read> Input<R> {
             }
         }
         Ok(self.end - self.pos)
+    }
+}
+
+impl<R> Input<R> {
+    /// Where the next unread byte is in the stream.
+    pub(in crate::image::unpack) fn position(&self) -> u64 {
+        self.offset + self.pos as u64
     }
 }
 

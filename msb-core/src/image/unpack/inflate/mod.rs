@@ -34,11 +34,13 @@
 
 mod fast;
 mod input;
+mod split;
 mod table;
 
 pub(super) use input::Input;
 #[cfg(test)]
 pub(super) use input::Trickle;
+pub(super) use split::{Head, find_head};
 
 use std::io::{self, Read};
 
@@ -66,6 +68,20 @@ enum Block {
     Huffman,
     /// After the last block.
     Done,
+}
+
+/// A place to stop at: a block boundary where another decoder takes over
+/// (see [`split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// None asked for.
+    None,
+    /// Before the block that starts at this bit of the stream.
+    At(u64),
+    /// Stopped there: nothing more is decoded.
+    Reached,
+    /// Went past that bit: no block starts there.
+    Missed,
 }
 
 /// The bit buffer: `left` bits, least significant first, of which the
@@ -105,6 +121,7 @@ pub(super) struct Inflater {
     pending: Option<(usize, usize)>,
     bits: Bits,
     total_out: u64,
+    stop: Stop,
 }
 
 impl Inflater {
@@ -122,10 +139,12 @@ impl Inflater {
             pending: None,
             bits: Bits::default(),
             total_out: 0,
+            stop: Stop::None,
         }
     }
 
-    /// Starts a new stream.
+    /// Starts a new stream (a stop asked for stays: it is a place in the
+    /// input, which may hold several streams).
     pub(super) fn reset(&mut self) {
         self.window_len = 0;
         self.window_end = 0;
@@ -134,6 +153,70 @@ impl Inflater {
         self.pending = None;
         self.bits = Bits::default();
         self.total_out = 0;
+    }
+
+    /// Starts decoding in the middle of a stream, at a block boundary after
+    /// `history` (its last 32 KiB are what matches can reach). Bytes are
+    /// counted from here.
+    pub(super) fn resume(&mut self, history: &[u8]) {
+        self.reset();
+        self.remember(history);
+    }
+
+    /// Skips the next `n` bits of `input` (fewer than 8: where a block
+    /// starts within its first byte).
+    pub(super) fn skip_bits<R: Read>(&mut self, input: &mut Input<R>, n: u32) -> io::Result<()> {
+        self.need(input, n)?;
+        self.consume(n);
+        self.check_real()
+    }
+
+    /// Where the decoder is in the stream, in bits from its start.
+    pub(super) fn bit_position<R>(&self, input: &Input<R>) -> u64 {
+        8 * input.position() - u64::from(self.bits.left - 8 * self.bits.overread)
+    }
+
+    /// Stops decoding before the block that starts at `bit`, if one does:
+    /// see [`Self::stop`].
+    pub(super) fn stop_at(&mut self, bit: u64) {
+        self.stop = Stop::At(bit);
+    }
+
+    /// Whether the decoder stopped where [`Self::stop_at`] asked (then it
+    /// produces nothing more), went past it, or is on its way.
+    pub(super) fn stop(&self) -> Stop {
+        self.stop
+    }
+
+    /// The last 32 KiB produced (less at the start of a stream).
+    pub(super) fn history(&self) -> Vec<u8> {
+        let start = (self.window_end + WINDOW - self.window_len) % WINDOW;
+        let mut history = Vec::with_capacity(self.window_len);
+        if start + self.window_len <= WINDOW {
+            history.extend_from_slice(&self.window[start..start + self.window_len]);
+        } else {
+            history.extend_from_slice(&self.window[start..]);
+            history.extend_from_slice(&self.window[..self.window_end]);
+        }
+        history
+    }
+
+    /// Whether the decoder, before a block header, is where it was asked to
+    /// stop (see [`Self::stop_at`]).
+    fn at_stop<R>(&mut self, input: &Input<R>) -> bool {
+        match self.stop {
+            Stop::Reached => true,
+            Stop::At(bit) => {
+                let here = self.bit_position(input);
+                if here == bit {
+                    self.stop = Stop::Reached;
+                } else if here > bit {
+                    self.stop = Stop::Missed;
+                }
+                here == bit
+            }
+            Stop::None | Stop::Missed => false,
+        }
     }
 
     /// Bytes produced since the stream started.
@@ -176,7 +259,12 @@ impl Inflater {
                     self.bits = Bits::default();
                     self.block = Block::Done;
                 }
-                Block::Header => self.header(input)?,
+                Block::Header => {
+                    if self.at_stop(input) {
+                        break;
+                    }
+                    self.header(input)?;
+                }
                 Block::Stored { left: 0 } => self.block = Block::Header,
                 Block::Stored { .. } | Block::Huffman if o == out.len() => break,
                 Block::Stored { left } => {

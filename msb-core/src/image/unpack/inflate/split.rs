@@ -1,0 +1,241 @@
+//! Decoding a deflate stream from its middle, before its front is decoded.
+//!
+//! A deflate stream is one chain: each block's matches reach up to 32 KiB
+//! back into what the blocks before it produced, so a decoder cannot simply
+//! start halfway. It can nearly, as rapidgzip and pugz showed:
+//!
+//! 1. **Find a block.** From a chosen bit on, every bit offset is tried as
+//!    the start of a dynamic Huffman block: a cheap filter on its first
+//!    bits (not the last block, type 2, symbol counts in range, a complete
+//!    code-length code) lets through a few in a thousand; the header parser
+//!    (zlib's checks: complete codes, an end-of-block code, repeats that
+//!    fit) rejects nearly all of those.
+//! 2. **Decode with markers** ([`Head`]). The output is kept as 16-bit
+//!    values, and a match reaching before the block yields markers, `256 +
+//!    i` for byte `i` of the unknown 32 KiB before it, which later matches
+//!    copy like bytes. A candidate that was no block soon fails to decode.
+//!    Once a block ends with 32 KiB without markers behind it, nothing later
+//!    can reach a marker: the ordinary decoder resumes there
+//!    ([`Inflater::resume`]) with those 32 KiB as its history.
+//! 3. **Confirm and resolve.** The decoder of the front is told to stop
+//!    before the block found ([`Inflater::stop_at`]). If it does stop there,
+//!    a block really starts at that bit, so the decoding from it was the
+//!    stream's own; the markers are replaced by the front's last 32 KiB
+//!    ([`Head::resolve`]) and the two outputs join exactly. If it went past
+//!    the bit instead, the candidate was a false one and its output is
+//!    dropped: the front's decoder simply goes on.
+
+use std::io;
+
+use super::table::{
+    DIST_ROOT, END_OF_BLOCK, LITERAL, LITLEN_ROOT, base_plus_extra, value,
+};
+use super::{Block, Inflater, Input, WINDOW, invalid};
+
+/// The first marker value: the oldest byte of the unknown window.
+const MARKER: u16 = 256;
+
+/// How far [`find_head`] looks for a block, in bytes.
+const SCAN: u64 = 256 * 1024;
+
+/// The output of a block found in the middle of a stream, up to where the
+/// ordinary decoder can take over. See the [module docs](self).
+#[derive(Debug)]
+pub(in crate::image::unpack) struct Head {
+    /// The block's first bit, counted from the start of the stream.
+    pub(in crate::image::unpack) start_bit: u64,
+    /// Where the head ends, at a block boundary: the bit the ordinary
+    /// decoder resumes from.
+    pub(in crate::image::unpack) resume_bit: u64,
+    /// Bytes, and markers (`MARKER + i`) for byte `i` of the 32 KiB before
+    /// `start_bit`.
+    out: Vec<u16>,
+}
+
+impl Head {
+    /// Bytes of output between `start_bit` and `resume_bit`.
+    pub(in crate::image::unpack) fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The last 32 KiB of the head: the history to resume with (they hold
+    /// no markers).
+    pub(in crate::image::unpack) fn history(&self) -> Vec<u8> {
+        let tail = &self.out[self.out.len() - WINDOW..];
+        tail.iter().map(|&v| v as u8).collect()
+    }
+
+    /// The head's bytes, its markers replaced from `before`: what the
+    /// stream produced just before `start_bit` (its last 32 KiB count; it is
+    /// shorter only at the start of a stream). A marker reaching before
+    /// `before` is the stream's error, as it would have been for a decoder
+    /// that got there from the start.
+    pub(in crate::image::unpack) fn resolve(&self, before: &[u8]) -> io::Result<Vec<u8>> {
+        let window = &before[before.len().saturating_sub(WINDOW)..];
+        let missing = WINDOW - window.len();
+        self.out
+            .iter()
+            .map(|&v| match v.checked_sub(MARKER) {
+                None => Ok(v as u8),
+                Some(i) => (i as usize)
+                    .checked_sub(missing)
+                    .map(|at| window[at])
+                    .ok_or_else(|| invalid("invalid distance too far back")),
+            })
+            .collect()
+    }
+}
+
+/// The first place at or after bit `from` (counted from the start of the
+/// stream) where a block starts that decodes, with markers, until a
+/// boundary with 32 KiB of marker-free output behind it. `region` holds
+/// the stream's bytes from `offset` on; `None` if no candidate in it gets
+/// there, or only after more than `max_out` bytes of output.
+pub(in crate::image::unpack) fn find_head(
+    region: &[u8],
+    offset: u64,
+    from: u64,
+    max_out: usize,
+) -> Option<Head> {
+    let mut input = Input::at(io::empty(), region.len(), offset);
+    input.buf.copy_from_slice(region);
+    input.end = region.len();
+    input.eof = true;
+    let mut inflater = Inflater::new();
+    let first = from.checked_sub(8 * offset)?;
+    // Blocks are rarely more than 100 KiB apart; a header and its first
+    // symbols need some bytes, so candidates close to the end of the region
+    // could not get far anyway.
+    let last = (8 * region.len() as u64)
+        .saturating_sub(8 * 1024)
+        .min(first + 8 * SCAN);
+    for bit in first..last {
+        if !plausible_header(region, bit) {
+            continue;
+        }
+        match inflater.head(&mut input, offset, 8 * offset + bit, max_out) {
+            Ok(Some(head)) => return Some(head),
+            // Ran off the end of the region, or past `max_out`: later
+            // candidates would too.
+            Ok(None) => return None,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return None,
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+/// Whether the bits at `bit` of `bytes` could start a dynamic Huffman
+/// block that is not the last: the block type, the symbol counts, and a
+/// complete code-length code (every real block has one; zlib rejects the
+/// rest). About 1 in 300 random positions pass.
+fn plausible_header(bytes: &[u8], bit: u64) -> bool {
+    let at = (bit / 8) as usize;
+    let Some(word) = bytes.get(at..at + 16) else {
+        return false;
+    };
+    let bits = u128::from_le_bytes(word.try_into().expect("16 bytes")) >> (bit % 8);
+    let field = |shift: u32, width: u32| ((bits >> shift) as u32) & ((1 << width) - 1);
+    // BFINAL = 0, BTYPE = 2 (dynamic): bits 0-2 are 0, 0, 1.
+    if field(0, 3) != 0b100 || field(3, 5) > 29 || field(8, 5) > 29 {
+        return false;
+    }
+    let codes = field(13, 4) + 4;
+    // The Kraft sum of a complete code of lengths up to 7, in 1/128ths.
+    let mut kraft = 0;
+    for i in 0..codes {
+        let len = field(17 + 3 * i, 3);
+        if len > 0 {
+            kraft += 1 << (7 - len);
+        }
+    }
+    kraft == 128
+}
+
+impl Inflater {
+    /// Decodes from `bit` (in `input`, a region of the stream that starts
+    /// at byte `offset`) as if a block started there: see [`find_head`].
+    /// An error if it cannot be one (or runs into the last block); `None`
+    /// past `max_out` bytes.
+    fn head(
+        &mut self,
+        input: &mut Input<io::Empty>,
+        offset: u64,
+        bit: u64,
+        max_out: usize,
+    ) -> io::Result<Option<Head>> {
+        self.reset();
+        input.pos = (bit / 8 - offset) as usize;
+        self.skip_bits(input, (bit % 8) as u32)?;
+        let mut out: Vec<u16> = Vec::new();
+        // Output up to here may hold markers.
+        let mut marked = 0;
+        loop {
+            match self.block {
+                // A block found this close to the end is not worth a split
+                // (and a candidate that got here by chance is no block).
+                Block::Header if self.last_block => {
+                    return Err(invalid("no block boundary before the last"));
+                }
+                Block::Header if out.len() >= WINDOW && out.len() - marked >= WINDOW => {
+                    return Ok(Some(Head {
+                        start_bit: bit,
+                        resume_bit: self.bit_position(input),
+                        out,
+                    }));
+                }
+                Block::Header if out.len() > max_out => return Ok(None),
+                Block::Header => self.header(input)?,
+                Block::Stored { left } => {
+                    if input.end - input.pos < left {
+                        return Err(super::truncated());
+                    }
+                    let bytes = &input.buf[input.pos..input.pos + left];
+                    out.extend(bytes.iter().map(|&b| u16::from(b)));
+                    input.pos += left;
+                    self.block = Block::Header;
+                }
+                Block::Huffman => self.marked_symbols(input, &mut out, &mut marked)?,
+                Block::Done => unreachable!("the last block's end returns above"),
+            }
+        }
+    }
+
+    /// Decodes the current Huffman block into `out`, with markers for what
+    /// lies before it; `marked` is kept past the last marker written.
+    fn marked_symbols(
+        &mut self,
+        input: &mut Input<io::Empty>,
+        out: &mut Vec<u16>,
+        marked: &mut usize,
+    ) -> io::Result<()> {
+        loop {
+            self.need(input, 48)?;
+            let (e, before) = self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
+            if e & LITERAL != 0 {
+                out.push(value(e) as u16);
+                continue;
+            }
+            if e & END_OF_BLOCK != 0 {
+                self.block = Block::Header;
+                return Ok(());
+            }
+            let len = base_plus_extra(e, before);
+            let (d, before) = self.code(|t| &t.dist, DIST_ROOT, "invalid distance code")?;
+            let dist = base_plus_extra(d, before);
+            if dist > out.len() + WINDOW {
+                return Err(invalid("invalid distance too far back"));
+            }
+            for _ in 0..len {
+                let v = match out.len().checked_sub(dist) {
+                    Some(from) => out[from],
+                    None => MARKER + (WINDOW + out.len() - dist) as u16,
+                };
+                if v >= MARKER {
+                    *marked = out.len() + 1;
+                }
+                out.push(v);
+            }
+        }
+    }
+}
