@@ -19,11 +19,13 @@
 //! With [`PullPolicy::IfMissing`] a cached image costs two small file reads,
 //! whatever its size.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,7 +38,7 @@ use self::tail::{Tail, Tails};
 use super::registry::manifest::parse_manifest;
 use super::registry::{Descriptor, Manifest, Platform, Progress, ProgressSink, RegistryClient};
 use super::store::{BlobWriter, ImageMeta, ImageStore, PullPolicy};
-use super::unpack::{Compression, UnpackOptions, apply_layers};
+use super::unpack::{Compression, LayerSource, LayerStream, UnpackOptions, apply_layers};
 use super::{Digest, Reference};
 use crate::{Error, Result};
 
@@ -399,7 +401,12 @@ impl Puller {
                         inner: tail.reader(),
                         cancelled: &cancelled,
                     };
-                    (layer_stream(reader, compression), compression)
+                    let committed = CommittedBlob {
+                        tail: tail.clone(),
+                        cancelled: cancelled.clone(),
+                        blob: OnceLock::new(),
+                    };
+                    layer_stream(reader, compression).with_source(Arc::new(committed))
                 })
                 .collect();
             let applied = apply_layers(build.path(), streams, &options);
@@ -449,8 +456,12 @@ fn unpack_stored(
     let mut streams = Vec::with_capacity(image.layers.len());
     for layer in &image.layers {
         let compression = compression_of(layer)?;
-        let file = store.open_blob(&layer.digest)?;
-        streams.push((layer_stream(file, compression), compression));
+        let file = Arc::new(store.open_blob(&layer.digest)?);
+        let stored = StoredBlob {
+            file: file.clone(),
+            len: layer.size,
+        };
+        streams.push(layer_stream(ReadAt::new(file), compression).with_source(Arc::new(stored)));
     }
     let build = store.begin_tree(manifest)?;
     apply_layers(build.path(), streams, options)?;
@@ -469,13 +480,79 @@ fn compression_of(layer: &Descriptor) -> Result<Compression> {
 /// A layer's compressed stream, as the unpacker reads it: decoders read in
 /// large blocks through buffers of their own; a plain tar is read a header
 /// (512 bytes) at a time, so it gets a buffer here.
-fn layer_stream<'r>(
-    reader: impl Read + Send + 'r,
-    compression: Compression,
-) -> Box<dyn Read + Send + 'r> {
+fn layer_stream<'r>(reader: impl Read + Send + 'r, compression: Compression) -> LayerStream<'r> {
     match compression {
-        Compression::None => Box::new(std::io::BufReader::with_capacity(1 << 20, reader)),
-        _ => Box::new(reader),
+        Compression::None => LayerStream::new(
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            compression,
+        ),
+        _ => LayerStream::new(reader, compression),
+    }
+}
+
+/// A layer's blob as it downloads, read at random once committed: lets a
+/// second thread decode the back of a large layer (see [`LayerSource`]).
+/// Reads fail once the pull is cancelled.
+struct CommittedBlob {
+    tail: Arc<Tail>,
+    cancelled: Arc<AtomicBool>,
+    blob: OnceLock<(Arc<File>, u64)>,
+}
+
+impl LayerSource for CommittedBlob {
+    fn complete_len(&self) -> Option<u64> {
+        if self.blob.get().is_none() {
+            let committed = self.tail.committed()?;
+            let _ = self.blob.set(committed);
+        }
+        self.blob.get().map(|(_, len)| *len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("pull cancelled"));
+        }
+        let (file, _) = self
+            .blob
+            .get()
+            .ok_or_else(|| std::io::Error::other("the blob is not committed yet"))?;
+        file.read_at(buf, offset)
+    }
+}
+
+/// A blob in the store, whole (see [`LayerSource`]).
+struct StoredBlob {
+    file: Arc<File>,
+    len: u64,
+}
+
+impl LayerSource for StoredBlob {
+    fn complete_len(&self) -> Option<u64> {
+        Some(self.len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+}
+
+/// Reads a shared file from its start.
+struct ReadAt {
+    file: Arc<File>,
+    offset: u64,
+}
+
+impl ReadAt {
+    fn new(file: Arc<File>) -> Self {
+        Self { file, offset: 0 }
+    }
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
     }
 }
 

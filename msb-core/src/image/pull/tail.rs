@@ -94,6 +94,15 @@ impl Tail {
         });
     }
 
+    /// The committed blob's handle and length; `None` before the commit.
+    pub(super) fn committed(&self) -> Option<(Arc<File>, u64)> {
+        let state = self.state();
+        match (&state.file, state.end) {
+            (Some(file), End::Complete) => Some((file.clone(), state.available)),
+            _ => None,
+        }
+    }
+
     /// A reader from the blob's first byte.
     pub(super) fn reader(self: &Arc<Self>) -> TailReader {
         TailReader {

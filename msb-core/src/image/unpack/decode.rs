@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
-use super::Compression;
 use super::gzip::GzipReader;
+use super::{Compression, LayerStream, halves};
 
 /// Bytes per chunk handed from the decoder to the applier.
-const CHUNK: usize = 512 * 1024;
+pub(super) const CHUNK: usize = 512 * 1024;
 /// Chunks in flight (filled and waiting) at most, per layer: 16 MiB, so
 /// that the next layer's decoder can run well ahead while the applier is
 /// still busy with the current one. On the Debian bench image (a 1 MB
@@ -38,10 +38,7 @@ const CHUNK: usize = 512 * 1024;
 const DEPTH: usize = 32;
 
 /// Compressed bytes read at a time by the gzip reader.
-const GZIP_INPUT_BUF: usize = 128 * 1024;
-
-/// A layer to decode: its compressed stream and how it is compressed.
-pub(super) type Encoded<'r> = (Box<dyn Read + Send + 'r>, Compression);
+pub(super) const GZIP_INPUT_BUF: usize = 128 * 1024;
 
 /// Runs `apply` on the decompressed stream of each layer in turn, until it
 /// returns `false`, while the next layer decodes ahead. Compressed layers
@@ -52,38 +49,50 @@ pub(super) type Encoded<'r> = (Box<dyn Read + Send + 'r>, Compression);
 /// stopped) stop at their next chunk. gzip's CRC-32 is checked only if
 /// `gzip_crc` (see [`super::UnpackOptions::gzip_crc`]).
 pub(super) fn decompressed_layers<'r>(
-    layers: Vec<Encoded<'r>>,
+    layers: Vec<LayerStream<'r>>,
     gzip_crc: bool,
     mut apply: impl FnMut(&mut dyn Read, &AtomicBool) -> bool,
 ) {
     std::thread::scope(|scope| {
         let mut layers = layers.into_iter();
-        let start = |layer: Option<Encoded<'r>>| -> Option<(Box<dyn Read + 'r>, Arc<AtomicBool>)> {
-            let (reader, compression) = layer?;
-            if compression == Compression::None {
-                return Some((reader, Arc::new(AtomicBool::new(true))));
-            }
-            let decoded = Arc::new(AtomicBool::new(false));
-            let decoder_decoded = Arc::clone(&decoded);
-            let (filled_tx, filled_rx) = sync_channel(DEPTH);
-            let (empty_tx, empty_rx) = channel();
-            std::thread::Builder::new()
-                .name("msb-decompress".into())
-                .spawn_scoped(scope, move || {
-                    decode(reader, compression, gzip_crc, filled_tx, empty_rx);
-                    decoder_decoded.store(true, Ordering::Release);
-                })
-                .expect("spawning the decompression thread");
-            Some((
-                Box::new(Chunks {
-                    filled: filled_rx,
-                    empty: empty_tx,
-                    current: Vec::new(),
-                    pos: 0,
-                }),
-                decoded,
-            ))
-        };
+        let start =
+            |layer: Option<LayerStream<'r>>| -> Option<(Box<dyn Read + 'r>, Arc<AtomicBool>)> {
+                let LayerStream {
+                    reader,
+                    compression,
+                    source,
+                } = layer?;
+                if compression == Compression::None {
+                    return Some((reader, Arc::new(AtomicBool::new(true))));
+                }
+                let decoded = Arc::new(AtomicBool::new(false));
+                let decoder_decoded = Arc::clone(&decoded);
+                let (filled_tx, filled_rx) = sync_channel(DEPTH);
+                let (empty_tx, empty_rx) = channel();
+                std::thread::Builder::new()
+                    .name("msb-decompress".into())
+                    .spawn_scoped(scope, move || {
+                        match source {
+                            // Without the CRC: the back half's bytes are not
+                            // seen in order.
+                            Some(source) if compression == Compression::Gzip && !gzip_crc => {
+                                halves::decode(reader, &*source, filled_tx, empty_rx);
+                            }
+                            _ => decode(reader, compression, gzip_crc, filled_tx, empty_rx),
+                        }
+                        decoder_decoded.store(true, Ordering::Release);
+                    })
+                    .expect("spawning the decompression thread");
+                Some((
+                    Box::new(Chunks {
+                        filled: filled_rx,
+                        empty: empty_tx,
+                        current: Vec::new(),
+                        pos: 0,
+                    }),
+                    decoded,
+                ))
+            };
         let mut next = start(layers.next());
         while let Some((mut current, decoded)) = next.take() {
             next = start(layers.next());
@@ -127,23 +136,9 @@ fn decode<R: Read + Send>(
         }
     };
     loop {
-        let mut chunk = empty.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
-        chunk.resize(CHUNK, 0);
-        let mut len = 0;
-        let result = loop {
-            match decoder.read(&mut chunk[len..]) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    len += n;
-                    if len == CHUNK {
-                        break Ok(());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        chunk.truncate(len);
+        let mut chunk = empty_chunk(&empty);
+        let result = fill(&mut decoder, &mut chunk);
+        let len = chunk.len();
         if len > 0 && filled.send(Ok(chunk)).is_err() {
             return;
         }
@@ -156,6 +151,34 @@ fn decode<R: Read + Send>(
             Ok(()) => {}
         }
     }
+}
+
+/// A chunk to fill: one the applier gave back, or a new one.
+pub(super) fn empty_chunk(empty: &Receiver<Vec<u8>>) -> Vec<u8> {
+    empty.try_recv().unwrap_or_else(|_| vec![0; CHUNK])
+}
+
+/// Fills `chunk` with up to [`CHUNK`] bytes from `decoder`: fewer only at
+/// the end of its stream (or where it stopped), or on an error, after the
+/// bytes before it.
+pub(super) fn fill(decoder: &mut impl Read, chunk: &mut Vec<u8>) -> io::Result<()> {
+    chunk.resize(CHUNK, 0);
+    let mut len = 0;
+    let result = loop {
+        match decoder.read(&mut chunk[len..]) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                len += n;
+                if len == CHUNK {
+                    break Ok(());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    chunk.truncate(len);
+    result
 }
 
 /// The applier's side: the decoded stream, one chunk at a time.
@@ -213,7 +236,7 @@ mod tests {
         let mut apply = Some(apply);
         let mut out = None;
         decompressed_layers(
-            vec![(Box::new(reader), compression)],
+            vec![LayerStream::new(reader, compression)],
             gzip_crc,
             |stream, _| {
                 out = Some((apply.take().expect("one layer"))(stream));
@@ -275,11 +298,11 @@ mod tests {
         let mut corrupt = gzip(&pattern(2 * CHUNK));
         let n = corrupt.len();
         corrupt[n / 2] ^= 0xff;
-        let layers = || -> Vec<Encoded<'_>> {
+        let layers = || {
             vec![
-                (Box::new(&b"plain"[..]), Compression::None),
-                (Box::new(&big[..]), Compression::Gzip),
-                (Box::new(&corrupt[..]), Compression::Gzip),
+                LayerStream::new(&b"plain"[..], Compression::None),
+                LayerStream::new(&big[..], Compression::Gzip),
+                LayerStream::new(&corrupt[..], Compression::Gzip),
             ]
         };
         // Every layer, in order; the corrupt one fails when it is read (its

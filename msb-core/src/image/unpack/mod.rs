@@ -65,6 +65,7 @@ mod apply;
 mod decode;
 mod fresh;
 mod gzip;
+mod halves;
 mod inflate;
 mod offload;
 mod resolve;
@@ -78,6 +79,7 @@ pub(crate) use whiteout::remove_all_counting;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -154,6 +156,58 @@ impl Compression {
         } else {
             Self::None
         }
+    }
+}
+
+/// Random access to a layer's compressed bytes, once all of them are there.
+///
+/// A gzip layer is one deflate stream, which one thread decodes from its
+/// start. Given the whole stream, a second thread can decode its back half
+/// meanwhile: [`apply_layers`] does that for a large gzip layer whose
+/// [`LayerStream`] has a source, once [`complete_len`](Self::complete_len)
+/// says all of it can be read.
+pub trait LayerSource: Send + Sync {
+    /// The layer's length in bytes, once all of it can be read with
+    /// [`read_at`](Self::read_at) and will not change; `None` until then
+    /// (it is asked again as decoding goes on).
+    fn complete_len(&self) -> Option<u64>;
+
+    /// Reads bytes at `offset` into `buf`, as `pread` does.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+/// One layer for [`apply_layers`]: its stream, how it is compressed and,
+/// optionally, random access to the same bytes (see [`LayerSource`]).
+pub struct LayerStream<'r> {
+    reader: Box<dyn Read + Send + 'r>,
+    compression: Compression,
+    source: Option<Arc<dyn LayerSource + 'r>>,
+}
+
+impl<'r> LayerStream<'r> {
+    /// The layer `reader` reads, compressed as `compression`.
+    pub fn new(reader: impl Read + Send + 'r, compression: Compression) -> Self {
+        Self {
+            reader: Box::new(reader),
+            compression,
+            source: None,
+        }
+    }
+
+    /// Adds random access to the layer's bytes (`reader`'s, from its
+    /// start), for decoding a large gzip layer on two threads.
+    pub fn with_source(mut self, source: Arc<dyn LayerSource + 'r>) -> Self {
+        self.source = Some(source);
+        self
+    }
+}
+
+impl fmt::Debug for LayerStream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerStream")
+            .field("compression", &self.compression)
+            .field("source", &self.source.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -399,20 +453,20 @@ pub fn apply_layer(
     compression: Compression,
     opts: &UnpackOptions,
 ) -> Result<LayerStats> {
-    let mut applied = apply_layers(root, vec![(Box::new(reader), compression)], opts)?;
+    let mut applied = apply_layers(root, vec![LayerStream::new(reader, compression)], opts)?;
     Ok(applied.pop().expect("one layer applied"))
 }
 
-/// Apply `layers` (each a stream and its compression) in order onto the
-/// directory `root`, as one [`apply_layer`] call each would, but with the
-/// next layer decompressing while the current one is applied. Stops at the
-/// first error.
+/// Apply `layers` in order onto the directory `root`, as one
+/// [`apply_layer`] call each would, but with the next layer decompressing
+/// while the current one is applied, and the back half of a large gzip
+/// layer with a [`LayerSource`] decompressing on a thread of its own. Stops
+/// at the first error.
 ///
 /// Returns what was done, per layer.
 ///
 /// ```
-/// use std::io::Read;
-/// use msb_core::image::unpack::{apply_layers, Compression, UnpackOptions};
+/// use msb_core::image::unpack::{apply_layers, Compression, LayerStream, UnpackOptions};
 ///
 /// let layer = |name: &str| -> Vec<u8> {
 ///     let mut tar = tar::Builder::new(Vec::new());
@@ -424,9 +478,9 @@ pub fn apply_layer(
 /// };
 /// let (lower, upper) = (layer("a"), layer("b"));
 /// let dir = tempfile::tempdir()?;
-/// let layers: Vec<(Box<dyn Read + Send>, Compression)> = vec![
-///     (Box::new(&lower[..]), Compression::None),
-///     (Box::new(&upper[..]), Compression::None),
+/// let layers = vec![
+///     LayerStream::new(&lower[..], Compression::None),
+///     LayerStream::new(&upper[..], Compression::None),
 /// ];
 /// let stats = apply_layers(dir.path(), layers, &UnpackOptions::default())?;
 /// assert_eq!(stats.len(), 2);
@@ -435,7 +489,7 @@ pub fn apply_layer(
 /// ```
 pub fn apply_layers<'r>(
     root: &Path,
-    layers: Vec<(Box<dyn Read + Send + 'r>, Compression)>,
+    layers: Vec<LayerStream<'r>>,
     opts: &UnpackOptions,
 ) -> Result<Vec<LayerStats>> {
     let mut applied = Vec::with_capacity(layers.len());

@@ -34,7 +34,6 @@ impl<R: Read> Input<R> {
         }
     }
 
-
     /// The unread bytes.
     pub(in crate::image::unpack) fn available(&self) -> &[u8] {
         &self.buf[self.pos..self.end]

@@ -27,9 +27,7 @@
 
 use std::io;
 
-use super::table::{
-    DIST_ROOT, END_OF_BLOCK, LITERAL, LITLEN_ROOT, base_plus_extra, value,
-};
+use super::table::{DIST_ROOT, END_OF_BLOCK, LITERAL, LITLEN_ROOT, base_plus_extra, value};
 use super::{Block, Inflater, Input, WINDOW, invalid};
 
 /// The first marker value: the oldest byte of the unknown window.
@@ -211,7 +209,8 @@ impl Inflater {
     ) -> io::Result<()> {
         loop {
             self.need(input, 48)?;
-            let (e, before) = self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
+            let (e, before) =
+                self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
             if e & LITERAL != 0 {
                 out.push(value(e) as u16);
                 continue;
