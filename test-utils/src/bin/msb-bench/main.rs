@@ -684,9 +684,9 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
     );
 
     println!(
-        "floor  inflating the largest layer alone (one core, in memory, no CRC, as a pull does) takes {} \
-         = {:.3}x of peers' median: a gzip stream inflates on one thread, so no pull beats that plus \
-         its first byte's arrival; ours cold is {} more",
+        "inflate  the largest layer alone (one core, in memory, no CRC) takes {} = {:.3}x of peers' \
+         median; ours cold is {} more. A pull inflates a layer on one thread while it downloads, and \
+         its back part on a second, idle-priority one once all of it is there",
         secs(inflate_floor),
         inflate_floor.as_secs_f64() / peers_s.median.as_secs_f64().max(1e-9),
         secs(cold_s.median.saturating_sub(inflate_floor)),
