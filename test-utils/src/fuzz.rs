@@ -47,3 +47,41 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.next_u64() as u8).collect()
 }
+
+/// `len` bytes that compress like a tar of many different files (a fixed
+/// function of `seed`): each file, 16-96 KiB, is text over a vocabulary of
+/// its own (words repeat within it, rarely across files) or, one in eight,
+/// noise.
+///
+/// What a file reaches back to is mostly itself, as in real layers, so a
+/// deflate decoder started in the middle of the stream without the 32 KiB
+/// before it soon stops depending on them. Text over one small vocabulary
+/// never does: every word copies the one before it, back to the start.
+pub fn files_like(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut data = Vec::with_capacity(len + (96 << 10));
+    while data.len() < len {
+        let size = (16 << 10) + rng.below(80 << 10);
+        if rng.below(8) == 0 {
+            data.extend_from_slice(&noise(size, rng.next_u64()));
+            continue;
+        }
+        let vocabulary: Vec<Vec<u8>> = (0..20 + rng.below(200))
+            .map(|_| {
+                (0..2 + rng.below(10))
+                    .map(|_| b'a' + rng.below(26) as u8)
+                    .collect()
+            })
+            .collect();
+        let end = data.len() + size;
+        while data.len() < end {
+            data.extend_from_slice(&vocabulary[rng.below(vocabulary.len())]);
+            data.push(rng.pick(b"   \n./_-"));
+            if rng.below(16) == 0 {
+                data.extend_from_slice(rng.below(100_000).to_string().as_bytes());
+            }
+        }
+    }
+    data.truncate(len);
+    data
+}

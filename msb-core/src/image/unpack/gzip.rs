@@ -388,20 +388,15 @@ mod split_tests {
     use std::io::Write;
 
     use std::io::Read as _;
+    use std::sync::atomic::AtomicBool;
 
     use super::super::inflate::{Trickle, find_head};
     use super::*;
 
-    /// `len` bytes of real machine code and data: this test binary's.
-    /// Made-up data with a small vocabulary never lets a block be found:
-    /// every word copies its last occurrence, so the bytes from before the
-    /// split reach forward without end (see `inflate::split`).
+    /// Data like a layer's (see `files_like`), in which a head is found
+    /// wherever one is looked for.
     fn real_bytes(len: usize) -> Vec<u8> {
-        let mut exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        let mut data = vec![0; len];
-        std::io::Seek::seek(&mut exe, std::io::SeekFrom::Start(1 << 20)).unwrap();
-        exe.read_exact(&mut data).unwrap();
-        data
+        test_utils::fuzz::files_like(len, 3)
     }
 
     fn gzip(data: &[u8], level: u32) -> Vec<u8> {
@@ -413,7 +408,13 @@ mod split_tests {
     /// What a split at the first block found from byte `at` of `bytes`
     /// decodes to: `None` if none was found, or the front went past it.
     fn split_read(bytes: &[u8], at: usize) -> Option<io::Result<Vec<u8>>> {
-        let head = find_head(&bytes[at..], at as u64, 8 * at as u64, 8 << 20)?;
+        let head = find_head(
+            &bytes[at..],
+            at as u64,
+            8 * at as u64,
+            8 << 20,
+            &AtomicBool::new(false),
+        )?;
         assert!(head.start_bit >= 8 * at as u64 && head.resume_bit > head.start_bit);
         let mut front = GzipReader::new(Trickle::new(bytes, 5000), 4096, false);
         front.stop_at(head.start_bit);
@@ -471,10 +472,23 @@ mod split_tests {
     }
 
     #[test]
+    fn the_search_stops_when_abandoned_or_past_its_output_bound() {
+        let data = real_bytes(1 << 20);
+        let bytes = gzip(&data, 6);
+        let find = |max_out, abandoned| {
+            find_head(&bytes[10..], 10, 80, max_out, &AtomicBool::new(abandoned))
+        };
+        assert!(find(8 << 20, false).is_some());
+        assert!(find(8 << 20, true).is_none());
+        // A head is 32 KiB at least.
+        assert!(find(16 << 10, false).is_none());
+    }
+
+    #[test]
     fn a_stop_where_no_block_starts_is_passed() {
         let data = real_bytes(1 << 20);
         let bytes = gzip(&data, 6);
-        let head = find_head(&bytes[10..], 10, 80, 8 << 20).unwrap();
+        let head = find_head(&bytes[10..], 10, 80, 8 << 20, &AtomicBool::new(false)).unwrap();
         for bit in [head.start_bit - 1, head.start_bit + 1] {
             let mut front = GzipReader::new(&bytes[..], 4096, false);
             front.stop_at(bit);

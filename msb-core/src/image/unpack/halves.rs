@@ -93,6 +93,18 @@ struct Back<'s> {
     /// The decoder, sent once asked for by `take_over`, if not at its end.
     decoder: Receiver<BackDecoder<'s>>,
     take_over: &'s AtomicBool,
+    _abandon: Abandon<'s>,
+}
+
+/// Tells the back thread, when dropped, that the front goes on without it:
+/// a search for its block stops at once, where on a hostile stream it could
+/// take long (the decoder thread waits for it before it ends).
+struct Abandon<'s>(&'s AtomicBool);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Decodes the gzip stream `reader` (without checking CRCs) into chunks on
@@ -106,6 +118,7 @@ pub(super) fn decode<R: Read + Send>(
 ) {
     let mut front = GzipReader::new(reader, GZIP_INPUT_BUF, false);
     let take_over = AtomicBool::new(false);
+    let abandoned = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let mut back: Option<Back<'_>> = None;
         let mut planned = false;
@@ -131,9 +144,9 @@ pub(super) fn decode<R: Read + Send>(
             }
             if !planned && let Some(total) = source.complete_len() {
                 planned = true;
-                back = front
-                    .bit_position()
-                    .and_then(|bit| start_back(scope, source, bit / 8, total, &take_over));
+                back = front.bit_position().and_then(|bit| {
+                    start_back(scope, source, bit / 8, total, (&take_over, &abandoned))
+                });
             }
             back = back.and_then(|b| watch(&mut front, b));
         }
@@ -147,7 +160,7 @@ fn start_back<'s>(
     source: &'s dyn LayerSource,
     front: u64,
     total: u64,
-    take_over: &'s AtomicBool,
+    (take_over, abandoned): (&'s AtomicBool, &'s AtomicBool),
 ) -> Option<Back<'s>> {
     let back = total.checked_sub(front)? * BACK_SHARE / 100;
     if back < MIN_BACK {
@@ -163,7 +176,7 @@ fn start_back<'s>(
             if !DETERMINISTIC {
                 run_idle();
             }
-            let Some(mut back) = find_back(source, at, total, found_tx) else {
+            let Some(mut back) = find_back(source, at, total, found_tx, abandoned) else {
                 return;
             };
             if decode_ahead(&mut back, &pieces_tx, take_over) {
@@ -186,6 +199,7 @@ fn start_back<'s>(
         pieces,
         decoder,
         take_over,
+        _abandon: Abandon(abandoned),
     })
 }
 
@@ -309,11 +323,12 @@ fn find_back<'s>(
     at: u64,
     total: u64,
     found: Sender<Head>,
+    abandoned: &AtomicBool,
 ) -> Option<BackDecoder<'s>> {
     let mut head = None;
     for len in [REGION, 4 * REGION] {
         let region = read_region(source, at, len.min(total - at) as usize);
-        head = find_head(&region, at, 8 * at, MAX_HEAD);
+        head = find_head(&region, at, 8 * at, MAX_HEAD, abandoned);
         if head.is_some() || (region.len() as u64) < len {
             break;
         }
@@ -456,11 +471,10 @@ mod tests {
         }
     }
 
-    /// Real machine code and data (this test binary's), `len` bytes: made-up
-    /// data rarely lets a block be found (see `inflate::split`).
+    /// Data like a layer's (see `files_like`): a back thread finds its block
+    /// in it wherever it looks.
     fn real_bytes(len: usize) -> Vec<u8> {
-        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        exe[1 << 20..(1 << 20) + len].to_vec()
+        test_utils::fuzz::files_like(len, 7)
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -579,6 +593,64 @@ mod tests {
                 "{what}: no take-over"
             );
         }
+    }
+
+    /// Streams damaged in their back half (bytes flipped, spans cut or
+    /// zeroed, a trailer changed) read on two threads as they read in one
+    /// piece: the same error, after the same bytes.
+    #[test]
+    fn damaged_streams_read_on_two_threads_as_in_one_piece() {
+        let _counting = COUNTING.lock().unwrap_or_else(|p| p.into_inner());
+        let before = TAKE_OVERS.load(Ordering::Relaxed);
+        let seed = std::env::var("MSB_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x4a1f_u64);
+        let mut rng = test_utils::fuzz::Rng::new(seed);
+        let data = real_bytes(4 << 20);
+        let clean = gzip(&data);
+        let half = clean.len() / 2;
+        for case in 0..test_utils::fuzz::iterations(24) {
+            let mut bytes = clean.clone();
+            let at = half + rng.below(clean.len() - half);
+            match rng.below(4) {
+                0 => {
+                    for _ in 0..1 + rng.below(4) {
+                        let i = half + rng.below(clean.len() - half);
+                        bytes[i] ^= 1 << rng.below(8);
+                    }
+                }
+                1 => bytes.truncate(at),
+                2 => {
+                    let end = (at + 1 + rng.below(4096)).min(bytes.len());
+                    bytes[at..end].fill(0);
+                }
+                _ => {
+                    let i = clean.len() - 1 - rng.below(8);
+                    bytes[i] ^= 1 << rng.below(8);
+                }
+            }
+            let mut serial = GzipReader::new(&bytes[..], 1 << 16, false);
+            let (mut expected, mut buf) = (Vec::new(), vec![0; 1 << 16]);
+            let expected_err = loop {
+                match serial.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => expected.extend_from_slice(&buf[..n]),
+                    Err(e) => break Some(e.kind()),
+                }
+            };
+            let (out, error) = decode_layer(&bytes, u64::MAX);
+            let what = format!("case {case} (seed {seed})");
+            assert_eq!(error.map(|e| e.kind()), expected_err, "{what}");
+            if expected_err.is_none() {
+                assert!(out == expected, "{what}: other bytes");
+            } else {
+                // A decoder gives up a read's partial output with its error.
+                let n = out.len().min(expected.len());
+                assert!(out[..n] == expected[..n], "{what}: other bytes");
+            }
+        }
+        assert!(TAKE_OVERS.load(Ordering::Relaxed) > before, "no take-over");
     }
 
     #[test]

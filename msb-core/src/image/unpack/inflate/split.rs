@@ -26,6 +26,7 @@
 //!    dropped: the front's decoder simply goes on.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::table::{DIST_ROOT, END_OF_BLOCK, LITERAL, LITLEN_ROOT, base_plus_extra, value};
 use super::{Block, Inflater, Input, WINDOW, invalid};
@@ -87,19 +88,27 @@ impl Head {
 /// The first place at or after bit `from` (counted from the start of the
 /// stream) where a block starts that decodes, with markers, until a
 /// boundary with 32 KiB of marker-free output behind it. `region` holds
-/// the stream's bytes from `offset` on; `None` if no candidate in it gets
-/// there, or only after more than `max_out` bytes of output.
+/// the stream's bytes from `offset` on.
+///
+/// `None` if no candidate in it gets there, or only after more than
+/// `max_out` bytes of output; if the candidates that failed decoded more
+/// than `max_out` bytes between them (on real data they fail within a few
+/// bytes: a hostile stream could make every one decode for long); or once
+/// `abandoned` is set.
 pub(in crate::image::unpack) fn find_head(
     region: &[u8],
     offset: u64,
     from: u64,
     max_out: usize,
+    abandoned: &AtomicBool,
 ) -> Option<Head> {
     let mut input = Input::at(io::empty(), region.len(), offset);
     input.buf.copy_from_slice(region);
     input.end = region.len();
     input.eof = true;
     let mut inflater = Inflater::new();
+    let mut out = Vec::new();
+    let mut budget = max_out;
     let first = from.checked_sub(8 * offset)?;
     // Blocks are rarely more than 100 KiB apart; a header and its first
     // symbols need some bytes, so candidates close to the end of the region
@@ -111,13 +120,20 @@ pub(in crate::image::unpack) fn find_head(
         if !plausible_header(region, bit) {
             continue;
         }
-        match inflater.head(&mut input, offset, 8 * offset + bit, max_out) {
-            Ok(Some(head)) => return Some(head),
-            // Ran off the end of the region, or past `max_out`: later
-            // candidates would too.
+        let start_bit = 8 * offset + bit;
+        match inflater.head(&mut input, offset, start_bit, &mut out, max_out, abandoned) {
+            Ok(Some(resume_bit)) => {
+                return Some(Head {
+                    start_bit,
+                    resume_bit,
+                    out,
+                });
+            }
+            // Ran off the end of the region, past `max_out`, or abandoned:
+            // later candidates would too.
             Ok(None) => return None,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return None,
-            Err(_) => {}
+            Err(_) => budget = budget.checked_sub(out.len())?,
         }
     }
     None
@@ -151,21 +167,24 @@ fn plausible_header(bytes: &[u8], bit: u64) -> bool {
 }
 
 impl Inflater {
-    /// Decodes from `bit` (in `input`, a region of the stream that starts
-    /// at byte `offset`) as if a block started there: see [`find_head`].
-    /// An error if it cannot be one (or runs into the last block); `None`
-    /// past `max_out` bytes.
+    /// Decodes into `out` from `bit` (in `input`, a region of the stream
+    /// that starts at byte `offset`) as if a block started there, and
+    /// returns where the head ends: see [`find_head`]. An error if it cannot
+    /// be one (or runs into the last block); `None` past `max_out` bytes, or
+    /// once `abandoned` is set.
     fn head(
         &mut self,
         input: &mut Input<io::Empty>,
         offset: u64,
         bit: u64,
+        out: &mut Vec<u16>,
         max_out: usize,
-    ) -> io::Result<Option<Head>> {
+        abandoned: &AtomicBool,
+    ) -> io::Result<Option<u64>> {
         self.reset();
+        out.clear();
         input.pos = (bit / 8 - offset) as usize;
         self.skip_bits(input, (bit % 8) as u32)?;
-        let mut out: Vec<u16> = Vec::new();
         // Output up to here may hold markers.
         let mut marked = 0;
         loop {
@@ -176,13 +195,11 @@ impl Inflater {
                     return Err(invalid("no block boundary before the last"));
                 }
                 Block::Header if out.len() >= WINDOW && out.len() - marked >= WINDOW => {
-                    return Ok(Some(Head {
-                        start_bit: bit,
-                        resume_bit: self.bit_position(input),
-                        out,
-                    }));
+                    return Ok(Some(self.bit_position(input)));
                 }
-                Block::Header if out.len() > max_out => return Ok(None),
+                Block::Header if out.len() > max_out || abandoned.load(Ordering::Relaxed) => {
+                    return Ok(None);
+                }
                 Block::Header => self.header(input)?,
                 Block::Stored { left } => {
                     if input.end - input.pos < left {
@@ -193,7 +210,11 @@ impl Inflater {
                     input.pos += left;
                     self.block = Block::Header;
                 }
-                Block::Huffman => self.marked_symbols(input, &mut out, &mut marked)?,
+                Block::Huffman => {
+                    if !self.marked_symbols(input, out, &mut marked, max_out)? {
+                        return Ok(None);
+                    }
+                }
                 Block::Done => unreachable!("the last block's end returns above"),
             }
         }
@@ -201,13 +222,18 @@ impl Inflater {
 
     /// Decodes the current Huffman block into `out`, with markers for what
     /// lies before it; `marked` is kept past the last marker written.
+    /// `false` if it stopped past `max_out` bytes.
     fn marked_symbols(
         &mut self,
         input: &mut Input<io::Empty>,
         out: &mut Vec<u16>,
         marked: &mut usize,
-    ) -> io::Result<()> {
+        max_out: usize,
+    ) -> io::Result<bool> {
         loop {
+            if out.len() > max_out {
+                return Ok(false);
+            }
             self.need(input, 48)?;
             let (e, before) =
                 self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
@@ -217,7 +243,7 @@ impl Inflater {
             }
             if e & END_OF_BLOCK != 0 {
                 self.block = Block::Header;
-                return Ok(());
+                return Ok(true);
             }
             let len = base_plus_extra(e, before);
             let (d, before) = self.code(|t| &t.dist, DIST_ROOT, "invalid distance code")?;
