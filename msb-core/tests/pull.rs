@@ -205,6 +205,60 @@ fn corrupt_layer_pull(image: ImageBuilder, at: impl Fn(usize) -> usize) {
 }
 
 #[test]
+fn a_large_layer_decoded_on_two_threads_unpacks_exactly() {
+    // 32 MiB shaped like files (about 13 MiB of gzip): once its blob is in,
+    // a second decoder thread takes the back of the stream (`halves`), if
+    // the first has enough left. Unpacking it again from the store, where
+    // the blob is whole from the start, it always has.
+    let data = test_utils::fuzz::files_like(32 << 20, 11);
+    let mut layer = LayerBuilder::new();
+    for (i, file) in data.chunks(512 << 10).enumerate() {
+        layer.file(&format!("data/{i:03}"), file, 0o644);
+    }
+    let registry = TestRegistry::start();
+    ImageBuilder::new()
+        .layer(layer, Compression::Gzip)
+        .push_blocking(&registry, "test/large", "v1")
+        .unwrap();
+    let home = TestHome::new();
+    let reference: Reference = format!("{}/test/large:v1", registry.host())
+        .parse()
+        .unwrap();
+    let puller = mirror_puller(&registry, &home);
+    let rt = runtime();
+    let pulled = rt
+        .block_on(puller.pull(&reference, &PullOptions::default()))
+        .unwrap();
+    let check = || {
+        for (i, file) in data.chunks(512 << 10).enumerate() {
+            let path = pulled.rootfs.join(format!("data/{i:03}"));
+            assert!(std::fs::read(&path).unwrap() == file, "{}", path.display());
+        }
+    };
+    check();
+
+    // A marker from another boot (see the crash test below): the tree is
+    // unpacked again, from the blob in the store.
+    for (i, _) in data.chunks(512 << 10).enumerate() {
+        std::fs::write(pulled.rootfs.join(format!("data/{i:03}")), b"").unwrap();
+    }
+    let marker = pulled.rootfs.parent().unwrap().join(".complete");
+    let stale = format!(
+        "{}\nboot 0f0f0f0f-1111-2222-3333-444455556666\n",
+        pulled.manifest_digest
+    );
+    std::fs::write(&marker, stale).unwrap();
+    let options = PullOptions {
+        policy: PullPolicy::Never,
+        ..PullOptions::default()
+    };
+    let again = rt.block_on(puller.pull(&reference, &options)).unwrap();
+    assert!(!again.fetched && again.rootfs == pulled.rootfs);
+    check();
+    assert!(store_tmp_is_empty(home.path()));
+}
+
+#[test]
 fn concurrent_pulls_of_one_image_share_the_cache() {
     let registry = TestRegistry::start();
     busybox_image()
