@@ -49,6 +49,8 @@ pub(in crate::image::unpack) struct Head {
     /// Bytes, and markers (`MARKER + i`) for byte `i` of the 32 KiB before
     /// `start_bit`.
     out: Vec<u16>,
+    /// Markers are in `out[..marked]` only.
+    marked: usize,
 }
 
 impl Head {
@@ -69,19 +71,25 @@ impl Head {
     /// shorter only at the start of a stream). A marker reaching before
     /// `before` is the stream's error, as it would have been for a decoder
     /// that got there from the start.
+    ///
+    /// The decoder that got to `start_bit` waits for this: only the part
+    /// that may hold markers is looked at value by value.
     pub(in crate::image::unpack) fn resolve(&self, before: &[u8]) -> io::Result<Vec<u8>> {
         let window = &before[before.len().saturating_sub(WINDOW)..];
         let missing = WINDOW - window.len();
-        self.out
-            .iter()
-            .map(|&v| match v.checked_sub(MARKER) {
-                None => Ok(v as u8),
+        let (marked, plain) = self.out.split_at(self.marked);
+        let mut bytes = Vec::with_capacity(self.out.len());
+        for &v in marked {
+            bytes.push(match v.checked_sub(MARKER) {
+                None => v as u8,
                 Some(i) => (i as usize)
                     .checked_sub(missing)
                     .map(|at| window[at])
-                    .ok_or_else(|| invalid("invalid distance too far back")),
-            })
-            .collect()
+                    .ok_or_else(|| invalid("invalid distance too far back"))?,
+            });
+        }
+        bytes.extend(plain.iter().map(|&v| v as u8));
+        Ok(bytes)
     }
 }
 
@@ -122,11 +130,12 @@ pub(in crate::image::unpack) fn find_head(
         }
         let start_bit = 8 * offset + bit;
         match inflater.head(&mut input, offset, start_bit, &mut out, max_out, abandoned) {
-            Ok(Some(resume_bit)) => {
+            Ok(Some((resume_bit, marked))) => {
                 return Some(Head {
                     start_bit,
                     resume_bit,
                     out,
+                    marked,
                 });
             }
             // Ran off the end of the region, past `max_out`, or abandoned:
@@ -169,7 +178,8 @@ fn plausible_header(bytes: &[u8], bit: u64) -> bool {
 impl Inflater {
     /// Decodes into `out` from `bit` (in `input`, a region of the stream
     /// that starts at byte `offset`) as if a block started there, and
-    /// returns where the head ends: see [`find_head`]. An error if it cannot
+    /// returns where the head ends and how much of `out` may hold markers:
+    /// see [`find_head`]. An error if it cannot
     /// be one (or runs into the last block); `None` past `max_out` bytes, or
     /// once `abandoned` is set.
     fn head(
@@ -180,7 +190,7 @@ impl Inflater {
         out: &mut Vec<u16>,
         max_out: usize,
         abandoned: &AtomicBool,
-    ) -> io::Result<Option<u64>> {
+    ) -> io::Result<Option<(u64, usize)>> {
         self.reset();
         out.clear();
         input.pos = (bit / 8 - offset) as usize;
@@ -195,7 +205,7 @@ impl Inflater {
                     return Err(invalid("no block boundary before the last"));
                 }
                 Block::Header if out.len() >= WINDOW && out.len() - marked >= WINDOW => {
-                    return Ok(Some(self.bit_position(input)));
+                    return Ok(Some((self.bit_position(input), marked)));
                 }
                 Block::Header if out.len() > max_out || abandoned.load(Ordering::Relaxed) => {
                     return Ok(None);
@@ -262,5 +272,38 @@ impl Inflater {
                 out.push(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_resolve_from_the_window_before_and_fail_beyond_it() {
+        // "ab", then bytes 0 and WINDOW - 1 of the window, then "c".
+        let out = vec![
+            u16::from(b'a'),
+            u16::from(b'b'),
+            MARKER,
+            MARKER + WINDOW as u16 - 1,
+            u16::from(b'c'),
+        ];
+        let head = Head {
+            start_bit: 0,
+            resume_bit: 0,
+            out,
+            marked: 4,
+        };
+        let mut window = vec![b'.'; WINDOW];
+        window[0] = b'x';
+        window[WINDOW - 1] = b'y';
+        let mut before = b"older".to_vec();
+        before.extend_from_slice(&window);
+        assert_eq!(head.resolve(&before).unwrap(), b"abxyc");
+        // A stream that produced less than 32 KiB before the block: byte 0
+        // of the window is before its start.
+        let err = head.resolve(&window[1..]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }
