@@ -99,6 +99,13 @@ struct Bits {
     overread: u32,
 }
 
+/// A Huffman block's symbol, as [`Inflater::next_symbol`] decodes it.
+enum Symbol {
+    Literal(u8),
+    EndOfBlock,
+    Match { len: usize, dist: usize },
+}
+
 /// A Huffman block's decode tables.
 struct Tables {
     litlen: [u32; LITLEN_ENTRIES],
@@ -322,20 +329,15 @@ impl Inflater {
         out: &mut [u8],
         o: &mut usize,
     ) -> io::Result<bool> {
-        self.need(input, 48)?;
-        let (e, before) = self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
-        if e & LITERAL != 0 {
-            out[*o] = value(e) as u8;
-            *o += 1;
-            return Ok(false);
-        }
-        if e & END_OF_BLOCK != 0 {
-            self.block = Block::Header;
-            return Ok(true);
-        }
-        let len = base_plus_extra(e, before);
-        let (d, before) = self.code(|t| &t.dist, DIST_ROOT, "invalid distance code")?;
-        let dist = base_plus_extra(d, before);
+        let (len, dist) = match self.next_symbol(input)? {
+            Symbol::Literal(byte) => {
+                out[*o] = byte;
+                *o += 1;
+                return Ok(false);
+            }
+            Symbol::EndOfBlock => return Ok(true),
+            Symbol::Match { len, dist } => (len, dist),
+        };
         if dist > *o + self.window_len {
             return Err(invalid("invalid distance too far back"));
         }
@@ -346,6 +348,24 @@ impl Inflater {
             self.pending = Some((len - n, dist));
         }
         Ok(false)
+    }
+
+    /// Decodes the next symbol of a Huffman block, and a match's distance,
+    /// with every check but the distance's reach (the caller's history).
+    fn next_symbol<R: Read>(&mut self, input: &mut Input<R>) -> io::Result<Symbol> {
+        self.need(input, 48)?;
+        let (e, before) = self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
+        if e & LITERAL != 0 {
+            return Ok(Symbol::Literal(value(e) as u8));
+        }
+        if e & END_OF_BLOCK != 0 {
+            self.block = Block::Header;
+            return Ok(Symbol::EndOfBlock);
+        }
+        let len = base_plus_extra(e, before);
+        let (d, before) = self.code(|t| &t.dist, DIST_ROOT, "invalid distance code")?;
+        let dist = base_plus_extra(d, before);
+        Ok(Symbol::Match { len, dist })
     }
 
     /// Decodes the next code with `table` (of `root` index bits, and its

@@ -28,8 +28,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::table::{DIST_ROOT, END_OF_BLOCK, LITERAL, LITLEN_ROOT, base_plus_extra, value};
-use super::{Block, Inflater, Input, WINDOW, invalid};
+use super::{Block, Inflater, Input, Symbol, WINDOW, invalid};
 
 /// The first marker value: the oldest byte of the unknown window.
 const MARKER: u16 = 256;
@@ -244,23 +243,15 @@ impl Inflater {
             if out.len() > max_out {
                 return Ok(false);
             }
-            self.need(input, 48)?;
-            let (e, before) =
-                self.code(|t| &t.litlen, LITLEN_ROOT, "invalid literal/length code")?;
-            if e & LITERAL != 0 {
-                out.push(value(e) as u16);
-                continue;
-            }
-            if e & END_OF_BLOCK != 0 {
-                self.block = Block::Header;
-                return Ok(true);
-            }
-            let len = base_plus_extra(e, before);
-            let (d, before) = self.code(|t| &t.dist, DIST_ROOT, "invalid distance code")?;
-            let dist = base_plus_extra(d, before);
-            if dist > out.len() + WINDOW {
-                return Err(invalid("invalid distance too far back"));
-            }
+            let (len, dist) = match self.next_symbol(input)? {
+                Symbol::Literal(byte) => {
+                    out.push(u16::from(byte));
+                    continue;
+                }
+                Symbol::EndOfBlock => return Ok(true),
+                Symbol::Match { len, dist } => (len, dist),
+            };
+            // A distance is at most 32 KiB: the window's.
             for _ in 0..len {
                 let v = match out.len().checked_sub(dist) {
                     Some(from) => out[from],
