@@ -109,8 +109,10 @@ pub(in crate::image::unpack) fn find_head(
     max_out: usize,
     abandoned: &AtomicBool,
 ) -> Option<Head> {
+    // The buffer is 4 KiB at least: a region may be shorter (a source that
+    // failed early).
     let mut input = Input::at(io::empty(), region.len(), offset);
-    input.buf.copy_from_slice(region);
+    input.buf[..region.len()].copy_from_slice(region);
     input.end = region.len();
     input.eof = true;
     let mut inflater = Inflater::new();
@@ -269,6 +271,15 @@ impl Inflater {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_or_empty_regions_find_nothing() {
+        let never = AtomicBool::new(false);
+        for len in [0, 1, 100, 5000] {
+            let region = vec![0b100; len];
+            assert!(find_head(&region, 7, 56, 1 << 20, &never).is_none());
+        }
+    }
 
     #[test]
     fn markers_resolve_from_the_window_before_and_fail_beyond_it() {
