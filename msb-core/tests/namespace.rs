@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use msb_core::Error;
 use msb_core::rootfs::{RootfsLayout, RootfsSource, Strategy};
-use msb_core::sandbox::namespace::{NamespaceSpec, SandboxRoot, Stdio, UserNamespace, spawn};
+use msb_core::sandbox::namespace::{
+    BeforeRelease, NamespaceSpec, SandboxRoot, Stdio, UserNamespace, spawn,
+};
 use nix::errno::Errno;
 
 /// A minimal image tree: /bin/busybox (static) and its applet links, /etc.
@@ -48,7 +50,10 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
+        Fixture::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Fixture {
         let tree = busybox_tree(dir.path());
         let layout = RootfsLayout::for_sandbox(
             &dir.path().join("sandbox"),
@@ -275,6 +280,75 @@ fn killing_pid1_kills_the_namespace() {
         child.kill(libc::SIGKILL).is_err(),
         "no signal after reaping"
     );
+}
+
+/// Set in the helper process of the test below: where it writes the pid of
+/// the child it spawned.
+const ORPHAN_HELPER: &str = "MSB_TEST_NAMESPACE_ORPHAN_PIDFILE";
+
+#[test]
+fn a_child_whose_parent_dies_before_releasing_it_exits() {
+    // The helper: spawns a sandbox whose release hook records the child's
+    // pid and never returns, so that the test kills it (the parent) while
+    // the child waits for its release.
+    if let Ok(pidfile) = std::env::var(ORPHAN_HELPER) {
+        let fx =
+            Fixture::in_dir(tempfile::tempdir_in(Path::new(&pidfile).parent().unwrap()).unwrap());
+        let mut spec = fx.spec("exec sleep 987653");
+        spec.before_release = Some(BeforeRelease(Box::new(move |pid| {
+            fs::write(&pidfile, pid.to_string()).unwrap();
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        })));
+        let _ = spawn(spec);
+        unreachable!("the release hook never returns");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_child_whose_parent_dies_before_releasing_it_exits",
+        ])
+        .env(ORPHAN_HELPER, &pidfile)
+        // Nothing of the harness's for an orphan to hold open.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        if let Ok(pid) = fs::read_to_string(&pidfile) {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the helper never spawned its child"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    // The child's wait for its release ends with the pipe: it exits (and
+    // whoever adopted it reaps it), instead of waiting forever unknown to
+    // anyone. It used to hold a copy of the pipe's write end itself.
+    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_dir.exists() {
+        let zombie = fs::read_to_string(proc_dir.join("stat"))
+            .is_ok_and(|stat| stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z')));
+        if zombie {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+            panic!("the orphaned child {pid} still ran (killed now)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

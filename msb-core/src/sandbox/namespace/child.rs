@@ -124,8 +124,10 @@ pub(super) const PLAN_BASE: u32 = 0x1_0000;
 pub(super) struct ChildPlan {
     /// Write end of the CLOEXEC error pipe (≥ 3).
     pub(super) err_fd: RawFd,
-    /// Read end of the id-map sync pipe (≥ 3), when a user namespace is made.
-    pub(super) sync_fd: Option<RawFd>,
+    /// The id-map sync pipe (≥ 3), when a user namespace is made (or the
+    /// parent runs a hook before the release): its read end, and the
+    /// parent's write end, of which the clone gave the child a copy.
+    pub(super) sync_fd: Option<(RawFd, RawFd)>,
     /// Mount operations, in order, before `pivot_root`.
     pub(super) ops: Vec<PlanStep>,
     /// The new root (the merged directory, bind-mounted onto itself).
@@ -482,8 +484,13 @@ fn loopback_up() -> Result<(), i32> {
 pub(super) unsafe fn run(plan: &ChildPlan) -> ! {
     let err = plan.err_fd;
 
-    // 0. Wait until the parent has written our uid/gid maps (or died).
-    if let Some(sync) = plan.sync_fd {
+    // 0. Wait until the parent has written our uid/gid maps (or died). Our
+    //    copy of its write end goes first: with it open, the pipe would
+    //    never end if the parent died before the release, and we would
+    //    wait forever, an orphan nobody knows of.
+    if let Some((sync, parents)) = plan.sync_fd {
+        // SAFETY: our copy of the parent's write end, closed once.
+        unsafe { libc::close(parents) };
         let mut byte = 0u8;
         loop {
             // SAFETY: reads one byte into a live stack buffer.

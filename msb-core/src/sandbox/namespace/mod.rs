@@ -1043,7 +1043,7 @@ pub fn spawn(spec: NamespaceSpec) -> Result<NamespaceChild> {
     envp.push(std::ptr::null());
     let plan = ChildPlan {
         err_fd: err_w.as_raw_fd(),
-        sync_fd: sync.as_ref().map(|(r, _)| r.as_raw_fd()),
+        sync_fd: sync.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())),
         ops,
         new_root: cpath("rootfs", &merged)?,
         hostname: hostname.into_bytes(),
