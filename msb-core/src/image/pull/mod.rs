@@ -456,12 +456,18 @@ fn unpack_stored(
     let mut streams = Vec::with_capacity(image.layers.len());
     for layer in &image.layers {
         let compression = compression_of(layer)?;
-        let file = Arc::new(store.open_blob(&layer.digest)?);
+        let file = store.open_blob(&layer.digest)?;
+        // A second handle for the back of the layer: `pread`s leave the
+        // shared file offset, which the stream reads from, alone.
         let stored = StoredBlob {
-            file: file.clone(),
+            file: file.try_clone().map_err(|source| Error::Io {
+                op: "duplicate blob handle",
+                path: store.blob_path(&layer.digest),
+                source,
+            })?,
             len: layer.size,
         };
-        streams.push(layer_stream(ReadAt::new(file), compression).with_source(Arc::new(stored)));
+        streams.push(layer_stream(file, compression).with_source(Arc::new(stored)));
     }
     let build = store.begin_tree(manifest)?;
     apply_layers(build.path(), streams, options)?;
@@ -522,7 +528,7 @@ impl LayerSource for CommittedBlob {
 
 /// A blob in the store, whole (see [`LayerSource`]).
 struct StoredBlob {
-    file: Arc<File>,
+    file: File,
     len: u64,
 }
 
@@ -533,26 +539,6 @@ impl LayerSource for StoredBlob {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         self.file.read_at(buf, offset)
-    }
-}
-
-/// Reads a shared file from its start.
-struct ReadAt {
-    file: Arc<File>,
-    offset: u64,
-}
-
-impl ReadAt {
-    fn new(file: Arc<File>) -> Self {
-        Self { file, offset: 0 }
-    }
-}
-
-impl Read for ReadAt {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.offset)?;
-        self.offset += n as u64;
-        Ok(n)
     }
 }
 
