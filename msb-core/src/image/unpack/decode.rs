@@ -135,21 +135,30 @@ fn decode<R: Read + Send>(
             return;
         }
     };
-    loop {
-        let mut chunk = empty_chunk(&empty);
-        let result = fill(&mut decoder, &mut chunk);
-        let len = chunk.len();
-        if len > 0 && filled.send(Ok(chunk)).is_err() {
-            return;
+    while send_chunk(&mut decoder, &filled, &empty) {}
+}
+
+/// Decodes a chunk from `decoder` into a chunk from `empty` and sends it on
+/// `filled`, an error after the bytes before it. `true` while the stream
+/// goes on; `false` once it ended (or stopped), failed, or the applier is
+/// gone.
+pub(super) fn send_chunk(
+    decoder: &mut impl Read,
+    filled: &SyncSender<io::Result<Vec<u8>>>,
+    empty: &Receiver<Vec<u8>>,
+) -> bool {
+    let mut chunk = empty_chunk(empty);
+    let result = fill(decoder, &mut chunk);
+    let len = chunk.len();
+    if len > 0 && filled.send(Ok(chunk)).is_err() {
+        return false;
+    }
+    match result {
+        Err(e) => {
+            let _ = filled.send(Err(e));
+            false
         }
-        match result {
-            Err(e) => {
-                let _ = filled.send(Err(e));
-                return;
-            }
-            Ok(()) if len < CHUNK => return,
-            Ok(()) => {}
-        }
+        Ok(()) => len == CHUNK,
     }
 }
 

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 
 use super::LayerSource;
-use super::decode::{CHUNK, GZIP_INPUT_BUF, empty_chunk, fill};
+use super::decode::{CHUNK, GZIP_INPUT_BUF, empty_chunk, fill, send_chunk};
 use super::gzip::GzipReader;
 use super::inflate::{Head, Stop, find_head};
 
@@ -125,18 +125,9 @@ pub(super) fn decode<R: Read + Send>(
         let mut back: Option<Back<'_>> = None;
         let mut planned = false;
         loop {
-            let mut chunk = empty_chunk(&empty);
-            let result = fill(&mut front, &mut chunk);
-            let len = chunk.len();
-            if len > 0 && filled.send(Ok(chunk)).is_err() {
-                return;
-            }
-            if let Err(e) = result {
-                let _ = filled.send(Err(e));
-                return;
-            }
-            if len < CHUNK {
-                // The end of the stream, or the block the back thread found.
+            if !send_chunk(&mut front, &filled, &empty) {
+                // The end of the stream, or the block the back thread found
+                // (or an error, sent on, or the applier gone).
                 if front.stop() == Stop::Reached
                     && let Some(back) = back
                 {
