@@ -116,7 +116,7 @@ pub(super) fn decode<R: Read + Send>(
     reader: R,
     source: &dyn LayerSource,
     filled: SyncSender<io::Result<Vec<u8>>>,
-    empty: Receiver<Vec<u8>>,
+    empty: &Receiver<Vec<u8>>,
 ) {
     let mut front = GzipReader::new(reader, GZIP_INPUT_BUF, false);
     let take_over = AtomicBool::new(false);
@@ -125,13 +125,13 @@ pub(super) fn decode<R: Read + Send>(
         let mut back: Option<Back<'_>> = None;
         let mut planned = false;
         loop {
-            if !send_chunk(&mut front, &filled, &empty) {
+            if !send_chunk(&mut front, &filled, empty) {
                 // The end of the stream, or the block the back thread found
                 // (or an error, sent on, or the applier gone).
                 if front.stop() == Stop::Reached
                     && let Some(back) = back
                 {
-                    finish_with(&front, back, &filled, &empty);
+                    finish_with(&front, back, &filled, empty);
                 }
                 return;
             }
