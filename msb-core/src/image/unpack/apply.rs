@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ use super::offload::{self, FileJob, Offload};
 use super::resolve::{
     DIR_FLAGS, Resolver, is_dir, is_symlink, join, path_of, split_name, unsafe_entry,
 };
+use super::stream::{CopyError, TarStream};
 use super::sys::{fsetxattr, lsetxattr_at, os};
 use super::whiteout::{Added, OPAQUE, PREFIX, clean_except_added, remove_all_at};
 use super::{
@@ -32,28 +33,30 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// Size of the buffer file contents are copied through.
+/// Size of the buffer a sparse file's contents are copied through.
 const COPY_BUF: usize = 256 * 1024;
 
 /// Apply the tar stream `reader` onto `root`. `decoded` is set once the
 /// layer's decoder has decoded all of it (from the start for a layer read
 /// as it is): from then on a helper thread creates some of the small files
 /// (see [`offload`]).
-pub(crate) fn apply_tar<R: Read>(
+pub(crate) fn apply_tar(
     root: &Path,
-    reader: R,
+    reader: &mut dyn BufRead,
     opts: &UnpackOptions,
     decoded: &AtomicBool,
 ) -> Result<LayerStats> {
     let resolver = Resolver::open(root)?;
+    let stream = TarStream::new(reader);
     let mut applier = Applier {
+        stream: &stream,
         fresh: FreshDirs::new(resolver.root()),
         resolver,
         opts,
         stats: LayerStats::default(),
         added: Added::default(),
         deferred: Vec::new(),
-        buf: vec![0; COPY_BUF],
+        buf: Vec::new(),
         privileged: nix::unistd::geteuid().is_root(),
         offload: if opts.file_helper {
             Helper::NotStarted
@@ -63,8 +66,12 @@ pub(crate) fn apply_tar<R: Read>(
         decoded,
         aliased: false,
     };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|e| read_error(None, e))?;
+    let mut archive = tar::Archive::new(&stream);
+    // Entries' data the applier does not read, or writes from the stream in
+    // place, is skipped by seeking (see `stream`).
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| read_error(None, e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(None, e))?;
         applier.entry(&mut entry)?;
@@ -98,13 +105,16 @@ struct Deferred {
 }
 
 /// One layer being applied.
-struct Applier<'a> {
+struct Applier<'a, 's> {
+    /// The layer's tar stream, for writing file contents in place.
+    stream: &'a TarStream<'s>,
     resolver: Resolver,
     fresh: FreshDirs,
     opts: &'a UnpackOptions,
     stats: LayerStats,
     added: Added,
     deferred: Vec<Deferred>,
+    /// For sparse files' contents, allocated when first needed.
     buf: Vec<u8>,
     privileged: bool,
     /// The thread creating some of the small files.
@@ -145,7 +155,7 @@ enum Target<'f> {
     At(BorrowedFd<'f>, &'f [u8]),
 }
 
-impl Applier<'_> {
+impl Applier<'_, '_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         self.stats.entries += 1;
         let raw = entry.path_bytes().into_owned();
@@ -526,8 +536,8 @@ impl Applier<'_> {
             && self.helper_wanting().is_some()
         {
             let mut data = Vec::with_capacity(size as usize);
-            entry
-                .read_to_end(&mut data)
+            self.stream
+                .read_into(&mut data, size)
                 .map_err(|e| read_error(Some(name.to_owned()), e))?;
             if data.len() as u64 != size {
                 return Err(format_error(
@@ -574,30 +584,17 @@ impl Applier<'_> {
             .map_err(|e| self.io(name, "create file", e))?
             .expect("only directories are kept");
         let mut file = File::from(fd);
-        let mut written = 0u64;
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_error(Some(name.to_owned()), e)),
-            };
-            let chunk = &self.buf[..n];
-            if sparse && chunk.iter().all(|&b| b == 0) {
-                // A hole stays a hole (the length is set below).
-                file.seek(SeekFrom::Current(n as i64))
-                    .map_err(|e| self.io(name, "seek file", e))?;
-            } else {
-                file.write_all(chunk)
-                    .map_err(|e| self.io(name, "write file", e))?;
+        let written = if sparse {
+            self.copy_sparse(entry, &mut file, name)?
+        } else {
+            // The data, written from where it was decoded (see `stream`).
+            match self.stream.copy_to(&file, size) {
+                Ok(()) => size,
+                Err(CopyError::Short(copied)) => copied,
+                Err(CopyError::Read(e)) => return Err(read_error(Some(name.to_owned()), e)),
+                Err(CopyError::Write(e)) => return Err(self.io(name, "write file", e)),
             }
-            written += n as u64;
-        }
-        if sparse {
-            // A trailing hole was seeked over, not written.
-            file.set_len(written)
-                .map_err(|e| self.io(name, "set file length", e))?;
-        }
+        };
         if written != size {
             return Err(format_error(
                 Some(name.to_owned()),
@@ -616,6 +613,40 @@ impl Applier<'_> {
         self.xattrs(Target::Fd(file.as_fd()), meta);
         futimens(&file, &meta.mtime, &meta.mtime).map_err(|e| self.io(name, "set times", e))?;
         Ok(())
+    }
+
+    /// Copies a sparse file's contents (the tar reader expands its map):
+    /// runs of zeros become holes. Returns its length.
+    fn copy_sparse<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut File,
+        name: &Path,
+    ) -> Result<u64> {
+        self.buf.resize(COPY_BUF, 0);
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(Some(name.to_owned()), e)),
+            };
+            let chunk = &self.buf[..n];
+            if chunk.iter().all(|&b| b == 0) {
+                // A hole stays a hole (the length is set below).
+                file.seek(SeekFrom::Current(n as i64))
+                    .map_err(|e| self.io(name, "seek file", e))?;
+            } else {
+                file.write_all(chunk)
+                    .map_err(|e| self.io(name, "write file", e))?;
+            }
+            written += n as u64;
+        }
+        // A trailing hole was seeked over, not written.
+        file.set_len(written)
+            .map_err(|e| self.io(name, "set file length", e))?;
+        Ok(written)
     }
 
     fn symlink(&mut self, comps: &[&[u8]], target: &[u8], meta: &Meta, name: &Path) -> Result<()> {
@@ -863,7 +894,7 @@ impl Applier<'_> {
     }
 }
 
-impl std::fmt::Debug for Applier<'_> {
+impl std::fmt::Debug for Applier<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Applier")
             .field("root", &self.resolver.root_path())

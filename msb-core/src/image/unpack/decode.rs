@@ -18,7 +18,7 @@
 //! and `/var`) takes the applier a while, and the next layer's decoder
 //! would otherwise sit idle through it.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
@@ -37,6 +37,9 @@ pub(super) const CHUNK: usize = 512 * 1024;
 /// in flight, so this bounds decoded data in memory to 32 MiB.
 const DEPTH: usize = 32;
 
+/// Bytes of an uncompressed layer read at a time.
+const UNCOMPRESSED_BUF: usize = 256 * 1024;
+
 /// Compressed bytes read at a time by the gzip reader.
 pub(super) const GZIP_INPUT_BUF: usize = 128 * 1024;
 
@@ -51,19 +54,20 @@ pub(super) const GZIP_INPUT_BUF: usize = 128 * 1024;
 pub(super) fn decompressed_layers<'r>(
     layers: Vec<LayerStream<'r>>,
     gzip_crc: bool,
-    mut apply: impl FnMut(&mut dyn Read, &AtomicBool) -> bool,
+    mut apply: impl FnMut(&mut dyn BufRead, &AtomicBool) -> bool,
 ) {
     std::thread::scope(|scope| {
         let mut layers = layers.into_iter();
         let start =
-            |layer: Option<LayerStream<'r>>| -> Option<(Box<dyn Read + 'r>, Arc<AtomicBool>)> {
+            |layer: Option<LayerStream<'r>>| -> Option<(Box<dyn BufRead + 'r>, Arc<AtomicBool>)> {
                 let LayerStream {
                     reader,
                     compression,
                     source,
                 } = layer?;
                 if compression == Compression::None {
-                    return Some((reader, Arc::new(AtomicBool::new(true))));
+                    let reader = BufReader::with_capacity(UNCOMPRESSED_BUF, reader);
+                    return Some((Box::new(reader), Arc::new(AtomicBool::new(true))));
                 }
                 let decoded = Arc::new(AtomicBool::new(false));
                 let decoder_decoded = Arc::clone(&decoded);
@@ -220,8 +224,8 @@ impl Chunks {
     }
 }
 
-impl Read for Chunks {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl BufRead for Chunks {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.current.len() {
             match self.filled.recv() {
                 Ok(Ok(chunk)) => {
@@ -236,13 +240,24 @@ impl Read for Chunks {
                     self.pos = 0;
                     self.give_back(done);
                     self.empty = None;
-                    return Ok(0);
+                    break;
                 }
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.current.len());
+    }
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

@@ -69,6 +69,7 @@ mod halves;
 mod inflate;
 mod offload;
 mod resolve;
+mod stream;
 mod sys;
 #[cfg(test)]
 mod tests;
