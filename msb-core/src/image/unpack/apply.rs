@@ -862,36 +862,82 @@ impl Applier<'_, '_> {
     /// resolver's cached chain mostly holds the parent already) and puts
     /// them before the directory itself. A directory listed twice gets
     /// what its last entry says (the sort is stable).
+    ///
+    /// Only a mode taken away last (see [`Deferred::mode`]) needs that
+    /// order: times alone may be set in any order, and a long list of them
+    /// is split between this thread and a second one (with a resolver of
+    /// its own). This is the last thing a pull does before its commit:
+    /// ~3 ms for the Debian bench image's 800 directories on one thread,
+    /// while the other CPU idles.
     fn finish(&mut self) -> Result<()> {
         // Creating files changes their directories' times.
         self.sync_files()?;
         let mut deferred = std::mem::take(&mut self.deferred);
         deferred.sort_by(|a, b| b.comps.cmp(&a.comps));
-        for d in deferred {
-            let comps: Vec<&[u8]> = d.comps.iter().map(Vec::as_slice).collect();
-            let name = path_of(&join(&comps));
-            let fd = match comps.split_last() {
-                None => self.resolver.root_dir(),
-                Some((leaf, dirs)) => {
-                    let Some(parent) = self.resolver.dir(dirs, false, &name)? else {
-                        continue;
-                    };
-                    match openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty()) {
-                        Ok(fd) => Arc::new(fd),
-                        // Removed or replaced later in the layer.
-                        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
-                        Err(e) => return Err(self.io(&name, "open directory", e)),
-                    }
+        let split =
+            if deferred.len() < PARALLEL_DIR_TIMES || deferred.iter().any(|d| d.mode.is_some()) {
+                None
+            } else {
+                // Between two paths: the entries of one directory stay on one
+                // thread, in order.
+                let mut mid = deferred.len() / 2;
+                while mid < deferred.len() && deferred[mid].comps == deferred[mid - 1].comps {
+                    mid += 1;
                 }
+                Some(mid)
             };
-            if let Some(mode) = d.mode {
-                fchmod(&fd, Mode::from_bits_truncate(mode))
-                    .map_err(|e| self.io(&name, "chmod", e))?;
-            }
-            futimens(&fd, &d.mtime, &d.mtime).map_err(|e| self.io(&name, "set times", e))?;
-        }
-        Ok(())
+        let Some(mid) = split else {
+            return set_dir_times(&mut self.resolver, &deferred);
+        };
+        let (mine, theirs) = deferred.split_at(mid);
+        let root = self.resolver.root_path().to_owned();
+        std::thread::scope(|scope| {
+            let other = std::thread::Builder::new()
+                .name("msb-unpack-times".into())
+                .spawn_scoped(scope, || set_dir_times(&mut Resolver::open(&root)?, theirs));
+            let Ok(other) = other else {
+                return set_dir_times(&mut self.resolver, &deferred);
+            };
+            let first = set_dir_times(&mut self.resolver, mine);
+            let second = other
+                .join()
+                .unwrap_or_else(|payload| std::panic::resume_unwind(payload));
+            first.and(second)
+        })
     }
+}
+
+/// Directories' deferred modes and times at least, for a second thread to
+/// set half of them.
+pub(super) const PARALLEL_DIR_TIMES: usize = 256;
+
+/// Sets the deferred modes and times of `deferred`, in order, resolving
+/// their parents with `resolver`.
+fn set_dir_times(resolver: &mut Resolver, deferred: &[Deferred]) -> Result<()> {
+    for d in deferred {
+        let comps: Vec<&[u8]> = d.comps.iter().map(Vec::as_slice).collect();
+        let name = path_of(&join(&comps));
+        let fd = match comps.split_last() {
+            None => resolver.root_dir(),
+            Some((leaf, dirs)) => {
+                let Some(parent) = resolver.dir(dirs, false, &name)? else {
+                    continue;
+                };
+                match openat(parent.as_fd(), os(leaf), DIR_FLAGS, Mode::empty()) {
+                    Ok(fd) => Arc::new(fd),
+                    // Removed or replaced later in the layer.
+                    Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
+                    Err(e) => return Err(resolver.io(&name, "open directory", e)),
+                }
+            }
+        };
+        if let Some(mode) = d.mode {
+            fchmod(&fd, Mode::from_bits_truncate(mode))
+                .map_err(|e| resolver.io(&name, "chmod", e))?;
+        }
+        futimens(&fd, &d.mtime, &d.mtime).map_err(|e| resolver.io(&name, "set times", e))?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Applier<'_, '_> {

@@ -219,6 +219,39 @@ fn every_directory_gets_its_own_mtime_after_its_contents() {
     sb.assert_outside_untouched();
 }
 
+/// Enough directories for their times to be set on two threads (see
+/// `Applier::finish`): every one gets its own, a directory listed twice its
+/// last, wherever the split falls.
+#[test]
+fn many_directories_get_their_mtimes_on_two_threads() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    let dir = EntryType::Directory;
+    let n = 2 * super::apply::PARALLEL_DIR_TIMES as u64 + 10;
+    let mut layer = Layer::new();
+    for i in 0..n {
+        let name = format!("d{i:04}/");
+        layer = layer
+            .with_mtime(&name, dir, 0o755, 1000 + i, b"")
+            .file(&format!("d{i:04}/f"), b"f", 0o644)
+            .with_mtime(&format!("d{i:04}/sub/"), dir, 0o755, 5000 + i, b"");
+    }
+    // Listed again late, each: the split keeps both entries of one path on
+    // one thread, in order.
+    for i in (0..n).step_by(7) {
+        layer = layer.with_mtime(&format!("d{i:04}/"), dir, 0o755, 9000 + i, b"");
+    }
+    apply(&root, &layer.bytes()).unwrap();
+    for i in 0..n {
+        let want = if i % 7 == 0 { 9000 + i } else { 1000 + i };
+        let top = fs::metadata(root.join(format!("d{i:04}"))).unwrap();
+        assert_eq!(top.mtime() as u64, want, "d{i:04}");
+        let sub = fs::metadata(root.join(format!("d{i:04}/sub"))).unwrap();
+        assert_eq!(sub.mtime() as u64, 5000 + i, "d{i:04}/sub");
+    }
+    sb.assert_outside_untouched();
+}
+
 /// Set in the child process of
 /// [`unprivileged_directories_get_modes_that_lock_their_owner_out_last`]:
 /// the root to unpack into, as `nobody`.
