@@ -137,7 +137,7 @@ impl Puller {
             }
         }
         let store = self.store.clone();
-        let _lease = blocking(move || {
+        let lease = blocking(move || {
             let lease = store.lease()?;
             // Before this pull dirties anything: trees committed a while ago
             // are made durable, cheaply (the kernel wrote them back by now).
@@ -145,11 +145,14 @@ impl Puller {
                 tracing::warn!(error = %e, "could not mark trees synced");
             }
             Ok(lease)
-        })
-        .await?;
+        });
+        // The manifest is fetched meanwhile: the network part, which writes
+        // nothing to the store.
+        let (lease, resolved) =
+            tokio::join!(lease, self.client.resolve(reference, &options.platform));
+        let _lease = lease?;
+        let resolved = resolved?;
         let mut timings = PullTimings::default();
-
-        let resolved = self.client.resolve(reference, &options.platform).await?;
         timings.resolve = started.elapsed();
         tracing::debug!(%reference, digest = %resolved.digest, layers = resolved.manifest.layers.len(), "resolved");
 
