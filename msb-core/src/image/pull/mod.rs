@@ -152,8 +152,10 @@ impl Puller {
             tokio::join!(lease, self.client.resolve(reference, &options.platform));
         let _lease = lease?;
         let resolved = resolved?;
-        let mut timings = PullTimings::default();
-        timings.resolve = started.elapsed();
+        let mut timings = PullTimings {
+            resolve: started.elapsed(),
+            ..PullTimings::default()
+        };
         tracing::debug!(%reference, digest = %resolved.digest, layers = resolved.manifest.layers.len(), "resolved");
 
         let mut blobs = vec![resolved.manifest.config.clone()];
