@@ -73,8 +73,10 @@ enum Cmd {
     /// Pull + unpack the Debian fixture image: ours (cold, warm) against
     /// `skopeo copy` + `umoci unpack`.
     Images {
-        /// Measured runs of each contender (after one unmeasured warm-up).
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        /// Measured runs of each contender (after one unmeasured warm-up):
+        /// nine, for medians that hold when the machine's speed drifts by a
+        /// few percent within a minute, as these VMs' does.
+        #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..=100))]
         runs: u32,
         /// Skip the unmeasured warm-up round.
         #[arg(long)]
