@@ -588,7 +588,7 @@ impl Applier<'_, '_> {
             self.copy_sparse(entry, &mut file, name)?
         } else {
             // The data, written from where it was decoded (see `stream`).
-            match self.stream.copy_to(&file, size) {
+            match self.stream.copy_to(&mut file, size) {
                 Ok(()) => size,
                 Err(CopyError::Short(copied)) => copied,
                 Err(CopyError::Read(e)) => return Err(read_error(Some(name.to_owned()), e)),

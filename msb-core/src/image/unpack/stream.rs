@@ -17,8 +17,7 @@
 //! ```
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, Read, Seek, SeekFrom};
-use std::os::fd::AsFd;
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 
 /// A layer's decoded tar stream, shared by the tar reader (through `&Self`'s
 /// `Read` and `Seek`) and the applier (through [`TarStream::copy_to`] and
@@ -77,25 +76,30 @@ impl<'a> TarStream<'a> {
             inner.consume(n);
             done += n as u64;
             self.pos.set(self.pos.get() + n as u64);
-            self.taken.set(self.taken.get() + n as u64);
             result?;
         }
         Ok(done)
     }
 
+    /// [`TarStream::pass`] for the applier: what it takes counts towards
+    /// the tar reader's next skip, whether `each` took all of it or not.
+    fn take_in_place<E>(
+        &self,
+        len: u64,
+        read_error: impl Fn(io::Error) -> E,
+        each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let before = self.pos.get();
+        let taken = self.pass(len, read_error, each);
+        self.taken.set(self.taken.get() + (self.pos.get() - before));
+        taken
+    }
+
     /// Writes the next `len` bytes of the stream, the data of the entry the
     /// tar reader just returned (and has not read from), to `file`.
-    pub(super) fn copy_to(&self, file: impl AsFd, len: u64) -> Result<(), CopyError> {
-        let copied = self.pass(len, CopyError::Read, |mut piece| {
-            while !piece.is_empty() {
-                match nix::unistd::write(&file, piece) {
-                    Ok(0) => return Err(CopyError::Write(io::ErrorKind::WriteZero.into())),
-                    Ok(n) => piece = &piece[n..],
-                    Err(nix::Error::EINTR) => {}
-                    Err(e) => return Err(CopyError::Write(e.into())),
-                }
-            }
-            Ok(())
+    pub(super) fn copy_to(&self, file: &mut impl Write, len: u64) -> Result<(), CopyError> {
+        let copied = self.take_in_place(len, CopyError::Read, |piece| {
+            file.write_all(piece).map_err(CopyError::Write)
         })?;
         if copied < len {
             return Err(CopyError::Short(copied));
@@ -106,7 +110,7 @@ impl<'a> TarStream<'a> {
     /// Appends the next `len` bytes of the stream (an entry's data, as for
     /// [`TarStream::copy_to`]) to `data`; fewer only if it ends first.
     pub(super) fn read_into(&self, data: &mut Vec<u8>, len: u64) -> io::Result<()> {
-        self.pass(
+        self.take_in_place(
             len,
             |e| e,
             |piece| {
@@ -152,7 +156,6 @@ impl Seek for &TarStream<'_> {
                 )
             })?;
         let skipped = (*self).pass(rest, |e| e, |_| Ok(()))?;
-        self.taken.set(0);
         if skipped < rest {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -193,7 +196,7 @@ mod tests {
         for entry in archive.entries_with_seek().unwrap() {
             let entry = entry.unwrap();
             let mut file = tempfile::tempfile().unwrap();
-            stream.copy_to(&file, entry.size()).unwrap();
+            stream.copy_to(&mut file, entry.size()).unwrap();
             let mut data = Vec::new();
             file.flush().unwrap();
             file.rewind().unwrap();
@@ -239,10 +242,10 @@ mod tests {
         let mut entries = archive.entries_with_seek().unwrap();
         let a = entries.next().unwrap().unwrap();
         stream
-            .copy_to(tempfile::tempfile().unwrap(), a.size())
+            .copy_to(&mut tempfile::tempfile().unwrap(), a.size())
             .unwrap();
         let b = entries.next().unwrap().unwrap();
-        match stream.copy_to(tempfile::tempfile().unwrap(), b.size()) {
+        match stream.copy_to(&mut tempfile::tempfile().unwrap(), b.size()) {
             Err(CopyError::Short(100)) => {}
             other => panic!("expected a short copy, got {other:?}"),
         }
