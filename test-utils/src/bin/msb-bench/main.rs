@@ -2,7 +2,7 @@
 //! `cargo xtask bench <suite>`.
 //!
 //! ```text
-//! msb-bench images [--runs N]
+//! msb-bench images [--runs N] [--no-prime]
 //! msb-bench sandbox [--runs N]
 //! msb-bench exec [--runs N] [--stream-runs N]
 //! msb-bench soak [--sandboxes N] [--seconds S]
@@ -13,7 +13,9 @@
 //! `umoci unpack` (the peers) and with our `Puller` (cold: a fresh store,
 //! `PullPolicy::Always`; warm: the same store, `PullPolicy::IfMissing`), each
 //! in its own process so wall time includes process start and peak memory is
-//! the child's `ru_maxrss` from `wait4`. It prints min/median/max, our
+//! the child's `ru_maxrss` from `wait4`. Before each cold run it primes
+//! memory (see [`prime`]: on these VMs memory the hypervisor has taken back
+//! costs ten times as much per page), untimed. It prints min/median/max, our
 //! cold/peers ratio, the pull's own phase timings and whether the targets of
 //! the image issue are met. A missed target is reported, never an error.
 //!
@@ -46,8 +48,11 @@ use test_utils::images::{Compression, ImageBuilder, LayerBuilder, debian_image};
 use test_utils::registry::TestRegistry;
 
 mod exec;
+mod prime;
 mod sandbox;
 mod soak;
+
+use prime::Primer;
 
 type Error = Box<dyn std::error::Error>;
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -81,6 +86,9 @@ enum Cmd {
         /// Skip the unmeasured warm-up round.
         #[arg(long)]
         no_warmup: bool,
+        /// Do not prime memory before each cold run (see [`Primer`]).
+        #[arg(long)]
+        no_prime: bool,
     },
     /// Namespace sandboxes on a busybox rootfs: create-to-ready, exec,
     /// stop, replace and idle memory, against `bwrap` and `crun`.
@@ -146,7 +154,11 @@ enum Policy {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Cmd::Images { runs, no_warmup } => images(runs as usize, !no_warmup),
+        Cmd::Images {
+            runs,
+            no_warmup,
+            no_prime,
+        } => images(runs as usize, !no_warmup, !no_prime),
         Cmd::Sandbox { runs, no_warmup } => sandbox::run(runs as usize, !no_warmup),
         Cmd::Exec {
             runs,
@@ -383,8 +395,12 @@ fn our_pull(
     reference: &str,
     policy: &str,
     registry: &TestRegistry,
+    primer: Option<&mut Primer>,
 ) -> Result<OurPull> {
     let exe = std::env::current_exe()?;
+    if let Some(primer) = primer {
+        primer.prime()?;
+    }
     let registry_before = process_cpu(registry.pid())?;
     let m = measure(
         Command::new(exe)
@@ -419,12 +435,13 @@ struct PeerRun {
     umoci: Measured,
 }
 
-fn peer_pull(dir: &Path, source: &str) -> Result<PeerRun> {
+fn peer_pull(dir: &Path, source: &str, primer: &mut Primer) -> Result<PeerRun> {
     let layout = dir.join("oci");
     let mut image = OsString::from(layout.as_os_str());
     image.push(":latest");
     let mut dest = OsString::from("oci:");
     dest.push(&image);
+    primer.prime()?;
     let skopeo = measure(
         Command::new("skopeo")
             .args([
@@ -436,6 +453,7 @@ fn peer_pull(dir: &Path, source: &str) -> Result<PeerRun> {
             .arg(source)
             .arg(&dest),
     )?;
+    primer.prime()?;
     let umoci = measure(
         Command::new("umoci")
             .args(["unpack", "--image"])
@@ -445,7 +463,7 @@ fn peer_pull(dir: &Path, source: &str) -> Result<PeerRun> {
     Ok(PeerRun { skopeo, umoci })
 }
 
-fn images(runs: usize, warmup: bool) -> Result<()> {
+fn images(runs: usize, warmup: bool, prime: bool) -> Result<()> {
     for tool in ["skopeo", "umoci"] {
         if !on_path(tool) {
             return Err(format!(
@@ -488,6 +506,9 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
     let tiny = ImageBuilder::new()
         .layer(tiny_layer, Compression::Gzip)
         .push_blocking(&registry, "bench/tiny", "latest")?;
+    // Three times what a pull writes and decodes: enough for its page
+    // cache and heap, whoever runs.
+    let mut primer = Primer::new(3 * (compressed + uncompressed), prime);
     reset_peak_rss()?;
     let floor_kib = status_kib("VmRSS").unwrap_or(0);
 
@@ -513,23 +534,24 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
         let home = scratch.path().join(format!("home-{round}"));
         std::fs::create_dir_all(&home)?;
         let (peer, c) = if round % 2 == 0 {
-            let peer = peer_pull(&peer_dir, &source)?;
-            (peer, our_pull(&home, &reference, "always", &registry)?)
+            let peer = peer_pull(&peer_dir, &source, &mut primer)?;
+            let c = our_pull(&home, &reference, "always", &registry, Some(&mut primer))?;
+            (peer, c)
         } else {
-            let c = our_pull(&home, &reference, "always", &registry)?;
-            (peer_pull(&peer_dir, &source)?, c)
+            let c = our_pull(&home, &reference, "always", &registry, Some(&mut primer))?;
+            (peer_pull(&peer_dir, &source, &mut primer)?, c)
         };
         if !c.fetched {
             return Err("the cold pull did not contact the registry".into());
         }
         let tiny_home = scratch.path().join(format!("tiny-{round}"));
         std::fs::create_dir_all(&tiny_home)?;
-        our_pull(&tiny_home, &tiny.reference, "always", &registry)?;
+        our_pull(&tiny_home, &tiny.reference, "always", &registry, None)?;
         // Warm pulls are a few ms: take several, interleaved with the
         // 1-file image's, so load on the machine hits both alike.
         let (mut w, mut tw) = (Vec::new(), Vec::new());
         for _ in 0..WARM_REPEATS {
-            let pulled = our_pull(&home, &reference, "if-missing", &registry)?;
+            let pulled = our_pull(&home, &reference, "if-missing", &registry, None)?;
             if pulled.fetched || pulled.rootfs != c.rootfs {
                 return Err("the warm pull was not served from the cache".into());
             }
@@ -539,6 +561,7 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
                 &tiny.reference,
                 "if-missing",
                 &registry,
+                None,
             )?);
         }
 
@@ -705,6 +728,8 @@ fn images(runs: usize, warmup: bool) -> Result<()> {
         secs(spread),
         spread.as_secs_f64() / peers_s.median.as_secs_f64().max(1e-9),
     );
+
+    println!("{}", primer.report());
 
     // Warm is O(1) in image size when the image is served as fast as a
     // one-file image, within process-start noise (minimums: least noisy).
