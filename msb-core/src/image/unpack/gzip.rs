@@ -390,7 +390,7 @@ mod split_tests {
     use std::io::Read as _;
     use std::sync::atomic::AtomicBool;
 
-    use super::super::inflate::{Trickle, find_head};
+    use super::super::inflate::{LOOKBACK, Trickle, find_head};
     use super::*;
 
     /// Data like a layer's (see `files_like`), in which a head is found
@@ -407,10 +407,13 @@ mod split_tests {
 
     /// What a split at the first block found from byte `at` of `bytes`
     /// decodes to: `None` if none was found, or the front went past it.
+    /// The search is given the bytes before `at` as the back thread gives
+    /// them.
     fn split_read(bytes: &[u8], at: usize) -> Option<io::Result<Vec<u8>>> {
+        let from = at.saturating_sub(LOOKBACK as usize);
         let head = find_head(
-            &bytes[at..],
-            at as u64,
+            &bytes[from..],
+            from as u64,
             8 * at as u64,
             8 << 20,
             &AtomicBool::new(false),
@@ -482,6 +485,26 @@ mod split_tests {
         assert!(find(8 << 20, true).is_none());
         // A head is 32 KiB at least.
         assert!(find(16 << 10, false).is_none());
+    }
+
+    #[test]
+    fn a_compressed_file_stored_in_the_stream_is_passed_over() {
+        // A layer holding a `.gz` file: the outer stream stores its bytes,
+        // and the file's own deflate stream, at a bit no block of the outer
+        // one starts at, decodes like a block from the start.
+        let inner = gzip(&test_utils::fuzz::files_like(384 << 10, 5), 6);
+        let mut data = real_bytes(256 << 10);
+        data.extend_from_slice(&inner);
+        data.extend_from_slice(&real_bytes(256 << 10));
+        let bytes = gzip(&data, 6);
+        let at = bytes
+            .windows(64)
+            .position(|w| w == &inner[..64])
+            .expect("the file's bytes are stored as they are");
+        // A search from there finds a block of the outer stream, which the
+        // front stops at.
+        let split = split_read(&bytes, at).expect("a block the front stops at");
+        assert!(split.unwrap() == data);
     }
 
     #[test]

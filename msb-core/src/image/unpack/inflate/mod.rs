@@ -40,7 +40,7 @@ mod table;
 pub(super) use input::Input;
 #[cfg(test)]
 pub(super) use input::Trickle;
-pub(super) use split::{Head, find_head};
+pub(super) use split::{Head, LOOKBACK, find_head};
 
 use std::io::{self, Read};
 

@@ -36,6 +36,11 @@ const MARKER: u16 = 256;
 /// How far [`find_head`] looks for a block, in bytes.
 const SCAN: u64 = 256 * 1024;
 
+/// Bytes before a search's first candidate that [`find_head`] looks back
+/// through for a stored block holding it: a stored block's header and
+/// length pair, and the most data it holds.
+pub(in crate::image::unpack) const LOOKBACK: u64 = 5 + u16::MAX as u64;
+
 /// The output of a block found in the middle of a stream, up to where the
 /// ordinary decoder can take over. See the [module docs](self).
 #[derive(Debug)]
@@ -97,6 +102,10 @@ impl Head {
 /// boundary with 32 KiB of marker-free output behind it. `region` holds
 /// the stream's bytes from `offset` on.
 ///
+/// Candidates inside what looks like a stored block's data are skipped
+/// (see [`StoredSpans`]): `region` should start [`LOOKBACK`] bytes before
+/// `from` where the stream has them.
+///
 /// `None` if no candidate in it gets there, or only after more than
 /// `max_out` bytes of output; if the candidates that failed decoded more
 /// than `max_out` bytes between them (on real data they fail within a few
@@ -125,8 +134,9 @@ pub(in crate::image::unpack) fn find_head(
     let last = (8 * region.len() as u64)
         .saturating_sub(8 * 1024)
         .min(first + 8 * SCAN);
+    let stored = StoredSpans::find(region, first / 8, last / 8);
     for bit in first..last {
-        if !plausible_header(region, bit) {
+        if !plausible_header(region, bit) || stored.cover((bit / 8) as usize) {
             continue;
         }
         let start_bit = 8 * offset + bit;
@@ -147,6 +157,60 @@ pub(in crate::image::unpack) fn find_head(
         }
     }
     None
+}
+
+/// Where a region seems to hold the data of stored blocks: after a
+/// byte-aligned length and its complement, as long as that length, when
+/// what follows could be the next block's header (a stored one, with its
+/// own length pair, or a dynamic one; or it lies beyond the region).
+///
+/// A layer's already-compressed files (`.gz` man pages and changelogs)
+/// often go into its stream as stored blocks, and the deflate streams
+/// inside them pass every check of a candidate block: the front, decoding
+/// the stored block, would go past the candidate, and the back thread's
+/// work would be lost. Candidates in these spans are skipped. Random bytes
+/// make a span that hides a real block about once in a few hundred
+/// candidates: the search then goes on to the next block.
+#[derive(Debug)]
+struct StoredSpans(Vec<std::ops::Range<usize>>);
+
+impl StoredSpans {
+    /// The spans of `region` that may hold bytes `from..to`, sorted by
+    /// their start.
+    fn find(region: &[u8], from: u64, to: u64) -> Self {
+        let u16_at = |i: usize| u16::from_le_bytes([region[i], region[i + 1]]);
+        let pair_at = |i: usize| i + 4 <= region.len() && u16_at(i) == !u16_at(i + 2);
+        let lowest = (from as usize).saturating_sub(LOOKBACK as usize);
+        let highest = (to as usize).min(region.len());
+        let spans = (lowest..highest)
+            .filter(|&p| pair_at(p))
+            .map(|p| p + 4..p + 4 + usize::from(u16_at(p)))
+            .filter(|data| match region.get(data.end) {
+                None => true,
+                Some(&next) => match (next >> 1) & 0b11 {
+                    0b00 => data.end + 5 > region.len() || pair_at(data.end + 1),
+                    0b10 => {
+                        data.end + 16 > region.len()
+                            || plausible_header(region, 8 * data.end as u64)
+                    }
+                    _ => false,
+                },
+            })
+            .collect();
+        Self(spans)
+    }
+
+    /// Whether byte `at` lies in one of the spans.
+    fn cover(&self, at: usize) -> bool {
+        // Spans are at most 64 KiB long: only those starting that close
+        // before `at` can hold it.
+        let after = self.0.partition_point(|span| span.start <= at);
+        self.0[..after]
+            .iter()
+            .rev()
+            .take_while(|span| span.start + usize::from(u16::MAX) >= at)
+            .any(|span| span.contains(&at))
+    }
 }
 
 /// Whether the bits at `bit` of `bytes` could start a dynamic Huffman
@@ -271,6 +335,31 @@ impl Inflater {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_spans_are_data_after_a_length_pair_and_before_a_next_block() {
+        let stored = |len: u16| {
+            let mut block = vec![0u8];
+            block.extend(len.to_le_bytes());
+            block.extend((!len).to_le_bytes());
+            block.extend(std::iter::repeat_n(0x55, len.into()));
+            block
+        };
+        // Two stored blocks: the first is followed by a stored header and
+        // its pair, the second by the region's end.
+        let mut region = stored(100);
+        region.extend(stored(50));
+        let spans = StoredSpans::find(&region, 0, region.len() as u64);
+        let covered: Vec<usize> = (0..region.len()).filter(|&i| spans.cover(i)).collect();
+        let expected: Vec<usize> = (5..105).chain(110..160).collect();
+        assert_eq!(covered, expected);
+        // A pair followed by neither kind of header is no stored block.
+        let mut region = stored(100);
+        region.push(0b010);
+        region.extend([0; 20]);
+        let spans = StoredSpans::find(&region, 0, region.len() as u64);
+        assert!((0..region.len()).all(|i| !spans.cover(i)));
+    }
 
     #[test]
     fn short_or_empty_regions_find_nothing() {
