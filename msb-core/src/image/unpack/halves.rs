@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 
 use super::LayerSource;
-use super::decode::{CHUNK, GZIP_INPUT_BUF, empty_chunk, fill, send_chunk};
+use super::decode::{CHUNK, GZIP_INPUT_BUF, Pool, fill, send_chunk};
 use super::gzip::GzipReader;
 use super::inflate::{Head, LOOKBACK, Stop, find_head};
 
@@ -126,7 +126,7 @@ pub(super) fn decode<R: Read + Send>(
     reader: R,
     source: &dyn LayerSource,
     filled: SyncSender<io::Result<Vec<u8>>>,
-    empty: &Receiver<Vec<u8>>,
+    empty: &Pool,
 ) {
     let mut front = GzipReader::new(reader, GZIP_INPUT_BUF, false);
     let take_over = AtomicBool::new(false);
@@ -249,7 +249,7 @@ fn finish_with<R: Read>(
     front: &GzipReader<R>,
     back: Back<'_>,
     filled: &SyncSender<io::Result<Vec<u8>>>,
-    empty: &Receiver<Vec<u8>>,
+    empty: &Pool,
 ) {
     let head = back.head.expect("the front stops only at a head's block");
     let resolved = head.resolve(&front.history());
@@ -281,7 +281,7 @@ fn finish_with<R: Read>(
         return;
     };
     loop {
-        let mut chunk = empty_chunk(empty);
+        let mut chunk = empty.take();
         let result = fill(&mut UntilTrailer(&mut decoder), &mut chunk);
         let len = chunk.len();
         if len > 0 && filled.send(Ok(chunk)).is_err() {
