@@ -2,7 +2,7 @@
 //! `msb-bench` (test-utils) in release mode.
 //!
 //! ```text
-//! cargo xtask bench images [--runs N]    ours against skopeo copy + umoci unpack
+//! cargo xtask bench images [--runs N] [--no-prime]   ours against skopeo copy + umoci unpack
 //! cargo xtask bench sandbox [--runs N]   ours against bwrap and crun
 //! cargo xtask bench exec [--runs N]      exec through the agent against nsenter
 //! cargo xtask bench soak [--sandboxes N] [--seconds S]   (also `cargo xtask soak`)
