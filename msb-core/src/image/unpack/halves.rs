@@ -335,6 +335,9 @@ fn find_back<'s>(
         .map(|i| at + i * SCAN_STEP)
         .take_while(|&s| s < total);
     'search: for start in starts {
+        if abandoned.load(Ordering::Relaxed) {
+            break;
+        }
         // The bytes before `start` let the search recognize stored data.
         let from = start.saturating_sub(LOOKBACK);
         for len in [REGION, 4 * REGION] {

@@ -171,19 +171,22 @@ pub(in crate::image::unpack) fn find_head(
 /// work would be lost. Candidates in these spans are skipped. Random bytes
 /// make a span that hides a real block about once in a few hundred
 /// candidates: the search then goes on to the next block.
+///
+/// The spans are merged where they overlap, so that a region made of
+/// length pairs (a hostile layer's) costs one binary search a candidate.
 #[derive(Debug)]
 struct StoredSpans(Vec<std::ops::Range<usize>>);
 
 impl StoredSpans {
-    /// The spans of `region` that may hold bytes `from..to`, sorted by
-    /// their start.
+    /// The spans of `region` that may hold bytes `from..to`: disjoint,
+    /// in order.
     fn find(region: &[u8], from: u64, to: u64) -> Self {
         let u16_at = |i: usize| u16::from_le_bytes([region[i], region[i + 1]]);
         let pair_at = |i: usize| i + 4 <= region.len() && u16_at(i) == !u16_at(i + 2);
         let lowest = (from as usize).saturating_sub(LOOKBACK as usize);
         let highest = (to as usize).min(region.len());
         let spans = (lowest..highest)
-            .filter(|&p| pair_at(p))
+            .filter(|&p| pair_at(p) && u16_at(p) > 0)
             .map(|p| p + 4..p + 4 + usize::from(u16_at(p)))
             .filter(|data| match region.get(data.end) {
                 None => true,
@@ -195,21 +198,23 @@ impl StoredSpans {
                     }
                     _ => false,
                 },
-            })
-            .collect();
-        Self(spans)
+            });
+        // They come by their start: each overlaps the last merged one or
+        // starts a new one.
+        let mut merged: Vec<std::ops::Range<usize>> = Vec::new();
+        for span in spans {
+            match merged.last_mut() {
+                Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+                _ => merged.push(span),
+            }
+        }
+        Self(merged)
     }
 
     /// Whether byte `at` lies in one of the spans.
     fn cover(&self, at: usize) -> bool {
-        // Spans are at most 64 KiB long: only those starting that close
-        // before `at` can hold it.
         let after = self.0.partition_point(|span| span.start <= at);
-        self.0[..after]
-            .iter()
-            .rev()
-            .take_while(|span| span.start + usize::from(u16::MAX) >= at)
-            .any(|span| span.contains(&at))
+        after > 0 && at < self.0[after - 1].end
     }
 }
 
@@ -359,6 +364,17 @@ mod tests {
         region.extend([0; 20]);
         let spans = StoredSpans::find(&region, 0, region.len() as u64);
         assert!((0..region.len()).all(|i| !spans.cover(i)));
+        // Overlapping spans (pairs inside a stored block's data, each
+        // followed by an empty stored block) merge.
+        let mut region = stored(300);
+        region.extend(stored(0));
+        region.resize(360, 0x55);
+        region[20..25].copy_from_slice(&stored(10)[..5]);
+        region[35..40].copy_from_slice(&stored(0));
+        region[200..205].copy_from_slice(&stored(150)[..5]);
+        region[355..360].copy_from_slice(&stored(0));
+        let spans = StoredSpans::find(&region, 0, region.len() as u64);
+        assert_eq!(spans.0, vec![std::ops::Range { start: 5, end: 355 }]);
     }
 
     #[test]
