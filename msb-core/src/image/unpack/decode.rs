@@ -139,7 +139,7 @@ fn decode<R: Read + Send>(
     compression: Compression,
     gzip_crc: bool,
     filled: SyncSender<io::Result<Vec<u8>>>,
-    empty: &Pool,
+    pool: &Pool,
 ) {
     let mut decoder = match decoder(reader, compression, gzip_crc) {
         Ok(decoder) => decoder,
@@ -148,19 +148,19 @@ fn decode<R: Read + Send>(
             return;
         }
     };
-    while send_chunk(&mut decoder, &filled, empty) {}
+    while send_chunk(&mut decoder, &filled, pool) {}
 }
 
-/// Decodes a chunk from `decoder` into a chunk from `empty` and sends it on
+/// Decodes a chunk from `decoder` into a chunk from `pool` and sends it on
 /// `filled`, an error after the bytes before it. `true` while the stream
 /// goes on; `false` once it ended (or stopped), failed, or the applier is
 /// gone.
 pub(super) fn send_chunk(
     decoder: &mut impl Read,
     filled: &SyncSender<io::Result<Vec<u8>>>,
-    empty: &Pool,
+    pool: &Pool,
 ) -> bool {
-    let mut chunk = empty.take();
+    let mut chunk = pool.take();
     let result = fill(decoder, &mut chunk);
     let len = chunk.len();
     if len > 0 && filled.send(Ok(chunk)).is_err() {

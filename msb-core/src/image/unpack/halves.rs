@@ -126,7 +126,7 @@ pub(super) fn decode<R: Read + Send>(
     reader: R,
     source: &dyn LayerSource,
     filled: SyncSender<io::Result<Vec<u8>>>,
-    empty: &Pool,
+    pool: &Pool,
 ) {
     let mut front = GzipReader::new(reader, GZIP_INPUT_BUF, false);
     let take_over = AtomicBool::new(false);
@@ -135,13 +135,13 @@ pub(super) fn decode<R: Read + Send>(
         let mut back: Option<Back<'_>> = None;
         let mut planned = false;
         loop {
-            if !send_chunk(&mut front, &filled, empty) {
+            if !send_chunk(&mut front, &filled, pool) {
                 // The end of the stream, or the block the back thread found
                 // (or an error, sent on, or the applier gone).
                 if front.stop() == Stop::Reached
                     && let Some(back) = back
                 {
-                    finish_with(&front, back, &filled, empty);
+                    finish_with(&front, back, &filled, pool);
                 }
                 return;
             }
@@ -249,7 +249,7 @@ fn finish_with<R: Read>(
     front: &GzipReader<R>,
     back: Back<'_>,
     filled: &SyncSender<io::Result<Vec<u8>>>,
-    empty: &Pool,
+    pool: &Pool,
 ) {
     let head = back.head.expect("the front stops only at a head's block");
     let resolved = head.resolve(&front.history());
@@ -281,7 +281,7 @@ fn finish_with<R: Read>(
         return;
     };
     loop {
-        let mut chunk = empty.take();
+        let mut chunk = pool.take();
         let result = fill(&mut UntilTrailer(&mut decoder), &mut chunk);
         let len = chunk.len();
         if len > 0 && filled.send(Ok(chunk)).is_err() {
