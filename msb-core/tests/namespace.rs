@@ -296,7 +296,10 @@ fn a_child_whose_parent_dies_before_releasing_it_exits() {
             Fixture::in_dir(tempfile::tempdir_in(Path::new(&pidfile).parent().unwrap()).unwrap());
         let mut spec = fx.spec("exec sleep 987653");
         spec.before_release = Some(BeforeRelease(Box::new(move |pid| {
-            fs::write(&pidfile, pid.to_string()).unwrap();
+            // Written whole, then renamed: the test polls for the file.
+            let partial = format!("{pidfile}.partial");
+            fs::write(&partial, pid.to_string()).unwrap();
+            fs::rename(&partial, &pidfile).unwrap();
             loop {
                 std::thread::sleep(Duration::from_secs(60));
             }
@@ -319,8 +322,10 @@ fn a_child_whose_parent_dies_before_releasing_it_exits() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let pid = loop {
-        if let Ok(pid) = fs::read_to_string(&pidfile) {
-            break pid;
+        if let Ok(pid) = fs::read_to_string(&pidfile)
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            break pid.to_string();
         }
         assert!(
             Instant::now() < deadline,
