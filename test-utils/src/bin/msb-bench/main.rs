@@ -395,12 +395,8 @@ fn our_pull(
     reference: &str,
     policy: &str,
     registry: &TestRegistry,
-    primer: Option<&mut Primer>,
 ) -> Result<OurPull> {
     let exe = std::env::current_exe()?;
-    if let Some(primer) = primer {
-        primer.prime()?;
-    }
     let registry_before = process_cpu(registry.pid())?;
     let m = measure(
         Command::new(exe)
@@ -535,10 +531,11 @@ fn images(runs: usize, warmup: bool, prime: bool) -> Result<()> {
         std::fs::create_dir_all(&home)?;
         let (peer, c) = if round % 2 == 0 {
             let peer = peer_pull(&peer_dir, &source, &mut primer)?;
-            let c = our_pull(&home, &reference, "always", &registry, Some(&mut primer))?;
-            (peer, c)
+            primer.prime()?;
+            (peer, our_pull(&home, &reference, "always", &registry)?)
         } else {
-            let c = our_pull(&home, &reference, "always", &registry, Some(&mut primer))?;
+            primer.prime()?;
+            let c = our_pull(&home, &reference, "always", &registry)?;
             (peer_pull(&peer_dir, &source, &mut primer)?, c)
         };
         if !c.fetched {
@@ -546,12 +543,12 @@ fn images(runs: usize, warmup: bool, prime: bool) -> Result<()> {
         }
         let tiny_home = scratch.path().join(format!("tiny-{round}"));
         std::fs::create_dir_all(&tiny_home)?;
-        our_pull(&tiny_home, &tiny.reference, "always", &registry, None)?;
+        our_pull(&tiny_home, &tiny.reference, "always", &registry)?;
         // Warm pulls are a few ms: take several, interleaved with the
         // 1-file image's, so load on the machine hits both alike.
         let (mut w, mut tw) = (Vec::new(), Vec::new());
         for _ in 0..WARM_REPEATS {
-            let pulled = our_pull(&home, &reference, "if-missing", &registry, None)?;
+            let pulled = our_pull(&home, &reference, "if-missing", &registry)?;
             if pulled.fetched || pulled.rootfs != c.rootfs {
                 return Err("the warm pull was not served from the cache".into());
             }
@@ -561,7 +558,6 @@ fn images(runs: usize, warmup: bool, prime: bool) -> Result<()> {
                 &tiny.reference,
                 "if-missing",
                 &registry,
-                None,
             )?);
         }
 
