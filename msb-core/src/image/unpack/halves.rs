@@ -36,8 +36,9 @@
 //! The back thread only uses a CPU nothing else wants (`SCHED_IDLE`): the
 //! front, the applier and the download it would slow are the pull's
 //! critical path, and its work only pays off once the front is done. On the
-//! Debian bench image it saves about 9 ms of a 190 ms cold pull (median of
-//! 40 paired pulls): the other CPU's spare time while one thread inflated.
+//! Debian bench image it saved about 9 ms of a 190 ms cold pull with
+//! 16 MiB decoded ahead, and 32 MiB saved 6.6 ms more (medians of 40
+//! paired pulls): the other CPU's spare time while one thread inflated.
 //!
 //! Everything the back thread does before the take-over is speculative:
 //! its errors only count once the front has confirmed the block; the gzip
@@ -57,13 +58,20 @@ use super::inflate::{Head, LOOKBACK, Stop, find_head};
 const MIN_BACK: u64 = if cfg!(test) { 256 << 10 } else { 4 << 20 };
 
 /// The share of the compressed bytes still ahead of the front that the back
-/// thread takes, in percent.
-const BACK_SHARE: u64 = 45;
+/// thread takes, in percent: about what it decodes into [`BACK_DEPTH`]
+/// before the front gets there, on the Debian bench layer. With less, it
+/// reached the end of the stream and idled while the front still decoded
+/// (45%: 1.7 ms slower, median of 40 paired pulls); with more, the front
+/// decodes the rest of it after the take-over.
+const BACK_SHARE: u64 = 55;
 
-/// Chunks the back thread decodes ahead of the take-over at most: 16 MiB.
-/// Paired pulls of the Debian bench image: as fast as 32 MiB, whose 16 MiB
-/// more of fresh memory cost more page faults than they saved.
-const BACK_DEPTH: usize = 32;
+/// Chunks the back thread decodes ahead of the take-over at most: 32 MiB
+/// (the peak RSS of the bench pull goes from ~36 to ~50 MiB). With 16 MiB
+/// it waited, full, for 20-25 ms while the front went on alone and a CPU
+/// idled: 6.6 ms slower, median of 40 paired pulls of the Debian bench
+/// image, memory primed as the bench does (an earlier session measured
+/// 2.5 ms).
+const BACK_DEPTH: usize = 64;
 
 /// Compressed bytes read for finding a block and decoding its head: enough
 /// for the heads seen on real layers (up to 600 KiB of compressed data)
