@@ -66,7 +66,7 @@ const MIN_BACK: u64 = if cfg!(test) { 256 << 10 } else { 4 << 20 };
 const BACK_SHARE: u64 = 55;
 
 /// Chunks the back thread decodes ahead of the take-over at most: 32 MiB
-/// (the peak RSS of the bench pull goes from ~36 to ~50 MiB). With 16 MiB
+/// (the bench pull's peak RSS went from 43 to 53-62 MiB). With 16 MiB
 /// it waited, full, for 20-25 ms while the front went on alone and a CPU
 /// idled: 6.6 ms slower, median of 40 paired pulls of the Debian bench
 /// image, memory primed as the bench does (an earlier session measured
