@@ -35,7 +35,8 @@ pub(super) const CHUNK: usize = 512 * 1024;
 /// layer of ~1000 small files, then the 47 MB one) 4 MiB stalled the big
 /// layer's decoder, the pull's critical path, for 7-20 ms: 16 MiB saved a
 /// median 4 ms a pull, 32 MiB 5-7 ms (paired runs). At most two layers are
-/// in flight, so this bounds decoded data in memory to 32 MiB.
+/// in flight, so this bounds decoded data in memory to 32 MiB, plus what a
+/// large layer's back thread decodes ahead (`halves::BACK_DEPTH`, 32 MiB).
 const DEPTH: usize = 32;
 
 /// Bytes of an uncompressed layer read at a time.
