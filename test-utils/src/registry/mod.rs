@@ -278,6 +278,7 @@ pub(crate) fn spawn_registry(dir: &Path, yaml: &str) -> Result<(Child, PathBuf),
         .stdout(log)
         .stderr(log2);
     die_with_parent(&mut command);
+    without_huge_pages(&mut command);
     let child = command
         .spawn()
         .map_err(FixtureError::io("spawning docker-registry"))?;
@@ -367,6 +368,29 @@ fn write_htpasswd(path: &Path, user: &str, password: &str) -> Result<(), Fixture
         )));
     }
     std::fs::write(path, &out.stdout).map_err(FixtureError::io("writing htpasswd"))
+}
+
+/// Keeps the child's memory in small pages (`PR_SET_THP_DISABLE`, inherited
+/// across exec). The registry's Go runtime asks for transparent huge pages
+/// for its heap, and on these VMs a huge page the hypervisor took back
+/// costs up to tens of milliseconds to fault in: about one blob request in
+/// five stalled for 40-70 ms zeroing them (`clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`), whoever was pulling. Benchmarks share
+/// the registry between us and the peers; its stalls only blurred both.
+fn without_huge_pages(command: &mut Command) {
+    let disable = || {
+        // SAFETY: prctl(PR_SET_THP_DISABLE) takes integers and touches no
+        // memory of ours.
+        if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: `disable` runs between fork and exec and only calls prctl(2),
+    // which is async-signal-safe; it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(disable);
+    }
 }
 
 /// Makes the kernel kill the child when the thread that spawned it dies, so a
