@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 
+use super::affinity::{AvoidFront, FrontCpu};
 use super::gzip::GzipReader;
 use super::{Compression, LayerStream, halves};
 
@@ -73,6 +74,8 @@ pub(super) fn decompressed_layers<'r>(
                 }
                 let decoded = Arc::new(AtomicBool::new(false));
                 let decoder_decoded = Arc::clone(&decoded);
+                let front_cpu = Arc::new(FrontCpu::default());
+                let decoder_front_cpu = Arc::clone(&front_cpu);
                 let (filled_tx, filled_rx) = sync_channel(DEPTH);
                 let (empty_tx, empty_rx) = channel();
                 let pool = Pool::new(empty_rx);
@@ -83,7 +86,13 @@ pub(super) fn decompressed_layers<'r>(
                             // Without the CRC: the back half's bytes are not
                             // seen in order.
                             Some(source) if compression == Compression::Gzip && !gzip_crc => {
-                                halves::decode(reader, &*source, filled_tx, &pool);
+                                halves::decode(
+                                    reader,
+                                    &*source,
+                                    filled_tx,
+                                    &pool,
+                                    &decoder_front_cpu,
+                                );
                             }
                             _ => decode(reader, compression, gzip_crc, filled_tx, &pool),
                         }
@@ -103,6 +112,8 @@ pub(super) fn decompressed_layers<'r>(
                         empty: Some(empty_tx),
                         current: Vec::new(),
                         pos: 0,
+                        front_cpu,
+                        avoid: AvoidFront::default(),
                     }),
                     decoded,
                 ))
@@ -251,6 +262,10 @@ struct Chunks {
     empty: Option<Sender<Vec<u8>>>,
     current: Vec<u8>,
     pos: usize,
+    /// Where the decoder's front runs while a back thread decodes, which
+    /// the applier keeps off (see `affinity`).
+    front_cpu: Arc<FrontCpu>,
+    avoid: AvoidFront,
 }
 
 impl Chunks {
@@ -269,6 +284,7 @@ impl Chunks {
 impl BufRead for Chunks {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.current.len() {
+            self.avoid.follow(&self.front_cpu);
             match self.filled.recv() {
                 Ok(Ok(chunk)) => {
                     let done = std::mem::replace(&mut self.current, chunk);

@@ -49,6 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 
 use super::LayerSource;
+use super::affinity::FrontCpu;
 use super::decode::{CHUNK, GZIP_INPUT_BUF, Pool, fill, send_chunk};
 use super::gzip::GzipReader;
 use super::inflate::{Head, LOOKBACK, Stop, find_head};
@@ -135,6 +136,7 @@ pub(super) fn decode<R: Read + Send>(
     source: &dyn LayerSource,
     filled: SyncSender<io::Result<Vec<u8>>>,
     pool: &Pool,
+    front_cpu: &FrontCpu,
 ) {
     let mut front = GzipReader::new(reader, GZIP_INPUT_BUF, false);
     let take_over = AtomicBool::new(false);
@@ -149,8 +151,9 @@ pub(super) fn decode<R: Read + Send>(
                 if front.stop() == Stop::Reached
                     && let Some(back) = back
                 {
-                    finish_with(&front, back, &filled, pool);
+                    finish_with(&front, back, &filled, pool, front_cpu);
                 }
+                front_cpu.clear();
                 return;
             }
             if !planned && let Some(total) = source.complete_len() {
@@ -160,6 +163,11 @@ pub(super) fn decode<R: Read + Send>(
                 });
             }
             back = back.and_then(|b| watch(&mut front, b));
+            // Again after each chunk: the front may have moved.
+            match back {
+                Some(_) => front_cpu.here(),
+                None => front_cpu.clear(),
+            }
         }
     });
 }
@@ -258,6 +266,7 @@ fn finish_with<R: Read>(
     back: Back<'_>,
     filled: &SyncSender<io::Result<Vec<u8>>>,
     pool: &Pool,
+    front_cpu: &FrontCpu,
 ) {
     let head = back.head.expect("the front stops only at a head's block");
     let resolved = head.resolve(&front.history());
@@ -268,6 +277,9 @@ fn finish_with<R: Read>(
     // The member's bytes before the back thread's first.
     let before = front.member_out() + head.len() as u64;
     back.take_over.store(true, Ordering::Release);
+    // The back thread stops: from here on the applier has the back thread's
+    // chunks to write, and wants a CPU of its own.
+    front_cpu.clear();
     #[cfg(test)]
     tests::TAKE_OVERS.fetch_add(1, Ordering::Relaxed);
     // The back thread sends its decoder after its last piece.
