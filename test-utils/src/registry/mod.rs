@@ -370,44 +370,43 @@ fn write_htpasswd(path: &Path, user: &str, password: &str) -> Result<(), Fixture
     std::fs::write(path, &out.stdout).map_err(FixtureError::io("writing htpasswd"))
 }
 
-/// Keeps the child's memory in small pages (`PR_SET_THP_DISABLE`, inherited
-/// across exec). The registry's Go runtime asks for transparent huge pages
-/// for its heap, and on these VMs a huge page the hypervisor took back
-/// costs up to tens of milliseconds to fault in: about one blob request in
-/// five stalled for 40-70 ms zeroing them (`clear_page_erms` under
-/// `do_huge_pmd_anonymous_page`), whoever was pulling. Benchmarks share
-/// the registry between us and the peers; its stalls only blurred both.
-fn without_huge_pages(command: &mut Command) {
-    let disable = || {
-        // SAFETY: prctl(PR_SET_THP_DISABLE) takes integers and touches no
-        // memory of ours.
-        if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    // SAFETY: `disable` runs between fork and exec and only calls prctl(2),
-    // which is async-signal-safe; it allocates nothing and takes no locks.
-    unsafe {
-        command.pre_exec(disable);
-    }
-}
-
 /// Makes the kernel kill the child when the thread that spawned it dies, so a
 /// crashed or killed test run leaves no registry behind. (Drop already kills
 /// it on every orderly exit; tests own their registry on their own thread.)
 pub(crate) fn die_with_parent(command: &mut Command) {
-    let arm = || {
-        // SAFETY: prctl(PR_SET_PDEATHSIG) takes two integers and touches no
-        // memory of ours.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == -1 {
+    prctl_before_exec(
+        command,
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+    );
+}
+
+/// Keeps the child's memory in small pages (`PR_SET_THP_DISABLE`, inherited
+/// across exec). The registry's Go runtime asks for transparent huge pages
+/// for its heap, and on these VMs a huge page the hypervisor took back
+/// costs milliseconds to fault in: 3 of 20 bench pulls had a blob request
+/// stall for 40-70 ms zeroing them (`clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`), none of 20 without. Benchmarks share the
+/// registry between us and the peers: its stalls only blurred both.
+fn without_huge_pages(command: &mut Command) {
+    prctl_before_exec(command, libc::PR_SET_THP_DISABLE, 1);
+}
+
+/// Has the child call `prctl(option, arg)` before it execs.
+fn prctl_before_exec(command: &mut Command, option: libc::c_int, arg: libc::c_ulong) {
+    let set = move || {
+        // Variadic: every argument goes as the full register the kernel reads.
+        let unused: libc::c_ulong = 0;
+        // SAFETY: these prctl options take integers and touch no memory of
+        // ours; the unused arguments are zero, as the kernel requires.
+        if unsafe { libc::prctl(option, arg, unused, unused, unused) } == -1 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
     };
-    // SAFETY: `arm` runs between fork and exec and only calls prctl(2), which
+    // SAFETY: `set` runs between fork and exec and only calls prctl(2), which
     // is async-signal-safe; it allocates nothing and takes no locks.
     unsafe {
-        command.pre_exec(arm);
+        command.pre_exec(set);
     }
 }
