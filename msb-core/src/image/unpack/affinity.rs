@@ -61,23 +61,28 @@ impl FrontCpu {
 /// none, or when dropped (the applier runs on a pooled thread).
 #[derive(Debug, Default)]
 pub(super) struct AvoidFront {
-    /// The CPU avoided, and the thread's CPUs before.
-    avoiding: Option<(usize, CpuSet)>,
+    /// The CPU [`FrontCpu`] named when last followed.
+    followed: Option<usize>,
+    /// The thread's CPUs, while it keeps off one of them.
+    own: Option<CpuSet>,
 }
 
 impl AvoidFront {
-    /// Follows `front`: cheap when nothing changed (one atomic load).
+    /// Follows `front`: one atomic load unless what it names changed, so a
+    /// CPU that cannot be avoided (the thread's only one) is tried once.
     pub(super) fn follow(&mut self, front: &FrontCpu) {
         let wanted = front.get();
-        if wanted == self.avoiding.as_ref().map(|(cpu, _)| *cpu) {
+        if wanted == self.followed {
             return;
         }
-        let own = match self.avoiding.take() {
-            Some((_, own)) => own,
-            None => match sched_getaffinity(Pid::from_raw(0)) {
+        self.followed = wanted;
+        let own = match self.own.take() {
+            Some(own) => own,
+            None if wanted.is_some() => match sched_getaffinity(Pid::from_raw(0)) {
                 Ok(own) => own,
                 Err(_) => return,
             },
+            None => return,
         };
         let Some(cpu) = wanted else {
             restore(&own);
@@ -92,14 +97,14 @@ impl AvoidFront {
         // A cpuset may have changed under us: then this thread keeps the CPUs
         // it had, which is only slower.
         if sched_setaffinity(Pid::from_raw(0), &others).is_ok() {
-            self.avoiding = Some((cpu, own));
+            self.own = Some(own);
         }
     }
 }
 
 impl Drop for AvoidFront {
     fn drop(&mut self) {
-        if let Some((_, own)) = self.avoiding.take() {
+        if let Some(own) = self.own.take() {
             restore(&own);
         }
     }
